@@ -1,0 +1,279 @@
+"""The learned prompt: one shared context `ctx [n_ctx, width]`, placed after the start token.
+
+Text of class c: "X X ... X <name>." (n_ctx placeholders). After tokenizing, the embeddings of
+the placeholder positions are replaced by `ctx`; everything else is the frozen model's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pomp import __version__
+from pomp.backbones.base import Backbone
+from pomp.io import atomic_write, atomic_write_json, read_json
+
+PLACEHOLDER = "X"
+FORMAT_NAME = "pomp-prompt"
+FORMAT_VERSION = 1
+
+
+def clean_classname(name: str) -> str:
+    """Class names as they enter a prompt: underscores become spaces, whitespace collapsed."""
+    return " ".join(name.replace("_", " ").split())
+
+
+@dataclass
+class ClassTokens:
+    """A vocabulary's prompt tokens, tokenized once and reused every step.
+
+    Attributes:
+        classnames: the cleaned class names, in class-id order.
+        tokens: `[N, L]` token ids of "X ... X <name>.".
+        lengths: `[N]` tokens that determine each pooled feature (through the EOT on causal models).
+    """
+
+    classnames: list[str]
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.classnames)
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """`x.safetensors` -> (x.safetensors, x.json); a directory -> (dir/prompt.safetensors, dir/prompt.json)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    return path / "prompt.safetensors", path / "prompt.json"
+
+
+class Prompt(nn.Module):
+    """A learned context shared by all classes (CoOp-style, class token at the end)."""
+
+    def __init__(self, ctx: torch.Tensor, meta: dict | None = None):
+        super().__init__()
+        if ctx.dim() != 2:
+            raise ValueError(f"context must be [n_ctx, width], got shape {tuple(ctx.shape)}")
+        self.ctx = nn.Parameter(ctx.detach().clone().float())
+        self.meta = dict(meta or {})
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.ctx.shape[1]
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def init(cls, backbone: Backbone, n_ctx: int | None = 4, init: str | None = None, seed: int = 0) -> "Prompt":
+        """A new context: N(0, 0.02) from `seed`, or the token embeddings of the words `init`.
+
+        With `init` words, n_ctx is their number of tokens; giving a different n_ctx is an error.
+        """
+        if init:
+            tokens = backbone.tokenize([init]).to(backbone.device)
+            length = int(backbone.sequence_lengths(tokens)[0])
+            start = backbone.prompt_prefix_length
+            n_words = length - start - 1  # drop the start token and the end token
+            if n_ctx is not None and n_ctx != n_words:
+                raise ValueError(f"init {init!r} is {n_words} tokens but n_ctx={n_ctx}; pass n_ctx={n_words}")
+            with torch.no_grad():
+                ctx = backbone.embed_tokens(tokens)[0, start : start + n_words].float().cpu()
+        else:
+            if n_ctx is None or n_ctx < 1:
+                raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+            generator = torch.Generator().manual_seed(seed)
+            ctx = torch.randn(n_ctx, backbone.text_width, generator=generator) * 0.02
+        meta = {"backbone": backbone.describe(), "init": init, "seed": seed}
+        return cls(ctx, meta).to(backbone.device)
+
+    # --- text preparation --------------------------------------------------------------------
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        prefix = " ".join([PLACEHOLDER] * self.n_ctx)
+        return [f"{prefix} {clean_classname(name)}." for name in classnames]
+
+    def tokenize_classes(self, backbone: Backbone, classnames: Sequence[str]) -> ClassTokens:
+        """Tokenize every class prompt once; checks the placeholders became one token each."""
+        self.check_compatible(backbone)
+        names = [clean_classname(n) for n in classnames]
+        if not names:
+            raise ValueError("empty class list")
+        tokens = backbone.tokenize(self.prompt_texts(names))
+        start = backbone.prompt_prefix_length
+        placeholder = tokens[:, start : start + self.n_ctx]
+        if not bool((placeholder == placeholder[0, 0]).all()):
+            raise ValueError("the tokenizer did not map each context placeholder to a single token")
+        lengths = backbone.sequence_lengths(tokens)
+        too_long = (lengths >= tokens.shape[1]) & backbone.causal
+        if bool(too_long.any()):
+            bad = names[int(too_long.nonzero()[0, 0])]
+            raise ValueError(f"class name {bad!r} does not fit the text context of {tokens.shape[1]} tokens")
+        return ClassTokens(names, tokens, lengths)
+
+    def check_compatible(self, backbone: Backbone) -> None:
+        if backbone.text_width != self.width:
+            source = self.meta.get("source", "prompt")
+            raise ValueError(
+                f"{source}: context width {self.width} does not match the text width {backbone.text_width} "
+                f"of backbone {backbone.name!r}"
+            )
+
+    # --- encoding ----------------------------------------------------------------------------
+    def forward(self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised class features `[len(ids), D]` of classes `ids` (all when None), with graph to ctx.
+
+        Sequences are cut after the longest pooling position among `ids`: exact on causal text
+        towers, since no token before the EOT attends to what follows it.
+        """
+        if ids is None:
+            ids = torch.arange(len(vocab))
+        ids = ids.cpu()
+        lengths = vocab.lengths[ids]
+        tokens = vocab.tokens[ids, : int(lengths.max())].to(backbone.device)
+        with torch.no_grad():
+            embeddings = backbone.embed_tokens(tokens)
+        start = backbone.prompt_prefix_length
+        ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+        embeddings = torch.cat([embeddings[:, :start], ctx, embeddings[:, start + self.n_ctx :]], dim=1)
+        features = backbone.encode_text_embeddings(embeddings, tokens)
+        return F.normalize(features.float(), dim=-1)
+
+    def encode_class_features(
+        self,
+        backbone: Backbone,
+        classnames: Sequence[str] | ClassTokens,
+        chunk_size: int | None = 1024,
+        ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Class features `[C, D]`, L2-normalised, in chunks of similar lengths.
+
+        Keeps the graph to `ctx` when grad is enabled (use `torch.no_grad()` for evaluation).
+        """
+        vocab = classnames if isinstance(classnames, ClassTokens) else self.tokenize_classes(backbone, classnames)
+        ids = torch.arange(len(vocab)) if ids is None else ids.cpu()
+        if chunk_size is None or len(ids) <= chunk_size:
+            return self(backbone, vocab, ids)
+        order = torch.argsort(vocab.lengths[ids], stable=True)
+        chunks = [self(backbone, vocab, ids[order[i : i + chunk_size]]) for i in range(0, len(ids), chunk_size)]
+        features = torch.cat(chunks)
+        return features[torch.argsort(order)]
+
+    # --- files -------------------------------------------------------------------------------
+    def save(self, path: str | Path, **extra_meta) -> Path:
+        """Write `<name>.safetensors` (the context) and `<name>.json` (metadata), each atomically."""
+        tensor_path, meta_path = _paths(path)
+        meta = {
+            **self.meta,
+            **extra_meta,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "pomp_version": __version__,
+            "n_ctx": self.n_ctx,
+            "width": self.width,
+            "class_token_position": "end",
+            "placeholder": PLACEHOLDER,
+        }
+        meta.pop("source", None)
+        ctx = self.ctx.detach().float().cpu().contiguous()
+        atomic_write(tensor_path, lambda p: save_file({"ctx": ctx}, str(p), metadata={"format": FORMAT_NAME}))
+        atomic_write_json(meta_path, meta)
+        return tensor_path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Prompt":
+        """Load a prompt saved by `save` (the .safetensors, the .json, or their directory)."""
+        tensor_path, meta_path = _paths(path)
+        if not tensor_path.is_file():
+            raise FileNotFoundError(f"{tensor_path}: prompt tensor file not found")
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: prompt metadata must be a JSON object")
+        try:
+            tensors = load_file(str(tensor_path), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            raise ValueError(f"{tensor_path}: not a readable safetensors file ({err})") from None
+        if "ctx" not in tensors:
+            raise ValueError(f"{tensor_path}: no 'ctx' tensor in file (has {sorted(tensors)})")
+        ctx = tensors["ctx"]
+        if ctx.dim() != 2 or not ctx.is_floating_point():
+            raise ValueError(f"{tensor_path}: 'ctx' must be a float [n_ctx, width] tensor, got {tuple(ctx.shape)}")
+        if not bool(torch.isfinite(ctx).all()):
+            raise ValueError(f"{tensor_path}: 'ctx' holds NaN or inf values")
+        for key, actual in (("n_ctx", ctx.shape[0]), ("width", ctx.shape[1])):
+            if key in meta and meta[key] != actual:
+                raise ValueError(f"{meta_path}: says {key}={meta[key]} but the tensor has {actual}")
+        meta["source"] = str(tensor_path)
+        return cls(ctx, meta)
+
+    def describe(self) -> dict:
+        """A summary for `pomp info`."""
+        ctx = self.ctx.detach().float()
+        return {
+            "n_ctx": self.n_ctx,
+            "width": self.width,
+            "ctx_norm_per_token": [round(float(v), 4) for v in ctx.norm(dim=1)],
+            "ctx_std": round(float(ctx.std()), 6) if ctx.numel() > 1 else 0.0,
+            **{k: v for k, v in self.meta.items() if k != "source"},
+        }
+
+
+# --- the official POMP / CoOp (Dassl) prompt checkpoint ----------------------------------------
+def load_official(path: str | Path) -> Prompt:
+    """Import a Dassl prompt-learner checkpoint (`model.pth.tar-N`) holding `state_dict['ctx']`.
+
+    Read with `weights_only=True`: a file carrying arbitrary pickled objects is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({first_line})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "ctx" not in state:
+        raise ValueError(f"{path}: no state_dict['ctx'] in checkpoint")
+    ctx = state["ctx"]
+    if not isinstance(ctx, torch.Tensor) or ctx.dim() != 2:
+        shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
+        raise ValueError(f"{path}: ctx must be a shared [n_ctx, width] context, got {shape} (class-specific?)")
+    meta = {"source": str(path), "imported_from": "official", "epoch": checkpoint.get("epoch")}
+    return Prompt(ctx.float(), meta)
+
+
+def save_official(prompt: Prompt, path: str | Path, epoch: int | None = None) -> Path:
+    """Write the Dassl layout the official POMP code, CoOp and ZSSeg read: `{'state_dict': {'ctx': ...}, ...}`."""
+    epoch = epoch if epoch is not None else int(prompt.meta.get("epochs") or 0)
+    checkpoint = {
+        "state_dict": {"ctx": prompt.ctx.detach().float().cpu().clone()},
+        "epoch": epoch,
+        "optimizer": None,
+        "scheduler": None,
+        "val_result": None,
+    }
+    return atomic_write(path, lambda p: torch.save(checkpoint, p))
+
+
+def load_any(path: str | Path) -> Prompt:
+    """Load our format, or an official `.pth.tar` checkpoint, by looking at the file."""
+    path = Path(path)
+    if path.is_dir() or path.suffix in {".safetensors", ".json"}:
+        return Prompt.load(path)
+    return load_official(path)
+
+
+__all__ = ["Prompt", "ClassTokens", "clean_classname", "load_official", "save_official", "load_any"]
