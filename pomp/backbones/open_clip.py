@@ -114,7 +114,8 @@ def load_open_clip(
 
     Args:
         name_or_config: an open_clip model name (`ViT-B-16`) or a path to a model-config JSON.
-        pretrained: an open_clip pretrained tag (downloads; needs network) or a local checkpoint file.
+        pretrained: an open_clip pretrained tag (downloads; needs network) or a local checkpoint file;
+            None gives random weights from a fixed seed (tests, benchmarks).
         device: where the model lives.
         precision: open_clip precision string (`fp32`, `fp16`, `bf16`, `amp`...).
     """
@@ -125,8 +126,12 @@ def load_open_clip(
     if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).exists():
         if any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}:
             raise FileNotFoundError(f"{pretrained}: checkpoint file not found")
-    model = open_clip.create_model(
-        model_name, pretrained=pretrained, device=device, precision=precision, weights_only=True
-    )
+    # Without weights, initialise from a fixed seed: the same config always gives the same random
+    # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(
+            model_name, pretrained=pretrained, device=device, precision=precision, weights_only=True
+        )
     tokenizer = open_clip.get_tokenizer(model_name)
     return OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=pretrained)

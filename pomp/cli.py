@@ -1,0 +1,267 @@
+"""`pomp <command>`: a thin layer over the library. Each command saves its resolved config beside its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+PRETRAIN_HELP = {
+    "backbone": "open_clip model name (ViT-B-16) or path to an open_clip model-config JSON",
+    "pretrained": "open_clip pretrained tag (needs network) or a local checkpoint file",
+    "out_dir": "where the prompt, checkpoint, split, config and logs go",
+    "train_root": "class-folder image root (one sub-folder per class)",
+    "names": "names file mapping folder -> class name ('folder<TAB>name' lines), or 'imagenet21k-p' for "
+             "timm's ImageNet-21K-P winter-21 synsets and lemmas",
+    "split_file": "a CoOp-format split JSON with 'train' (and 'val') instead of --train-root",
+    "image_root": "images of --split-file are relative to this (default: the split file's folder)",
+    "shots": "k-shot: training images per class (split saved as OUT_DIR/split.json, reused on resume)",
+    "val_per_class": "validation images per class, taken after the shots",
+    "split_seed": "seed of the k-shot split",
+    "n_ctx": "number of learned context vectors",
+    "ctx_init": "initialise the context from these words (e.g. 'a photo of a'); n_ctx follows the words",
+    "classes_per_step": "K: classes contrasted per step (K-1 sampled negatives + own class); 0 = all classes",
+    "local_correction": "add m_i = log10(N-1) - log10(n_i) to valid negative logits",
+    "margin": "a fixed margin added to negative logits instead of m_i",
+    "logit_scale": "temperature (default: the backbone's own, 100 for CLIP)",
+    "epochs": "training epochs",
+    "batch_size": "images per step per process (each gives --views augmented views)",
+    "views": "augmented views per image in a batch",
+    "lr": "peak learning rate (SGD)",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "warmup_epochs": "epochs at the constant warm-up learning rate before the cosine schedule",
+    "warmup_lr": "warm-up learning rate",
+    "augment": "RandAugment(2 ops, p=0.6) after random resized crop and flip",
+    "device": "auto | cpu | cuda (torchrun sets the local GPU)",
+    "precision": "autocast precision on CUDA: bf16 | fp16 | fp32",
+    "text_chunk_size": "most class prompts encoded with graph at once; above it, gradient caching",
+    "feature_cache": "cache folder for image features (views computed once, reused across epochs)",
+    "num_workers": "data-loader worker processes",
+    "seed": "seed of context init, data order, augmentation and negatives (rank r uses seed + r)",
+    "validate": "evaluate on the val split after each epoch and keep the best prompt",
+    "checkpoint_every": "steps between checkpoints (also at each epoch end)",
+    "max_steps": "stop after this many steps in total (a later --resume continues)",
+    "max_bad_steps": "stop after this many consecutive non-finite steps",
+    "log_every": "steps between log.jsonl records",
+    "progress": "show progress bars",
+    "resume": "continue the run in --out-dir from its checkpoint",
+}
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str], skip=("extra",)) -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        typ = f.type if isinstance(f.type, type) else str(f.type)
+        text = help_text.get(f.name, "")
+        if typ == "bool" or isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{text} (default: {default})")
+            continue
+        kind = int if "int" in str(typ) and "float" not in str(typ) else float if "float" in str(typ) else str
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
+
+
+def _config_from_args(cls, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**values)
+
+
+# --- commands ----------------------------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pomp.train import PretrainConfig, pretrain
+
+    cfg = _config_from_args(PretrainConfig, args)
+    start = time.perf_counter()
+    summary = pretrain(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary["wall_s"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | None):
+    from pomp.data.folder import read_names_file, read_split_file, scan_class_folders
+
+    path = Path(spec)
+    if path.suffix == ".json":
+        return read_split_file(path, split, image_root)
+    return scan_class_folders(path, read_names_file(names) if names else None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from pomp.backbones import load_backbone
+    from pomp.data.folder import ImageDataset
+    from pomp.evaluate import build_classifier, result_record, write_result, write_tables, zero_shot_metrics
+    from pomp.features import cached_image_features
+    from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.prompt import load_any
+
+    out_dir = check_writable_dir(args.out_dir)
+    if not args.prompt and not args.baseline:
+        raise ValueError("give --prompt and/or --baseline single|ensemble")
+    datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
+    prompt = load_any(args.prompt) if args.prompt else None
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = load_backbone(args.backbone, args.pretrained, device=device)
+    atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
+    if prompt is not None:
+        prompt.check_compatible(backbone)
+        prompt.to(device)
+    records = []
+    for images in datasets:
+        cache = Path(args.feature_cache) / images.name if args.feature_cache else None
+        feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
+                                      batch_size=args.batch_size, num_workers=args.num_workers,
+                                      desc=f"{images.name} features")
+        runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
+        runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
+        for label, kwargs in runs:
+            classifier = build_classifier(backbone, images.classnames, **kwargs)
+            metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
+            record = result_record(images.name, backbone, metrics, label,
+                                   {"num_classes": len(images.classnames), "num_images": len(feats),
+                                    "skipped_images": feats.skipped})
+            safe = label.replace(":", "_").replace("/", "_")
+            write_result(out_dir / f"{images.name}__{safe}.json", record)
+            records.append(record)
+            print(f"{images.name:>20s}  {label:<40s} acc1 {100 * metrics['acc1']:6.2f}  acc5 "
+                  f"{100 * metrics['acc5']:6.2f}  mpcr {100 * metrics['mean_per_class_recall']:6.2f}")
+    md_path, _ = write_tables(out_dir, records)
+    print()
+    print(md_path.read_text())
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pomp.backbones import load_backbone
+    from pomp.data.folder import read_class_list
+    from pomp.export import write_class_embeddings
+    from pomp.prompt import load_any
+
+    classnames = read_class_list(args.classes)
+    prompt = load_any(args.prompt) if args.prompt else None
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
+    paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
+                                   template=args.template if prompt is None else None,
+                                   config={**vars(args), "func": None})
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pomp.prompt import load_any
+
+    print(json.dumps(load_any(args.prompt).describe(), indent=2))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pomp.export import convert_prompt
+
+    out = convert_prompt(args.src, args.dst, backbone=args.backbone, epoch=args.epoch)
+    print(out)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from pomp import __version__
+    from pomp.train import PretrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="pomp",
+        description="POMP prompt pre-training for vision-language models: pre-train one soft prompt on many "
+                    "classes with local contrast and local correction, then apply it zero-shot.",
+    )
+    parser.add_argument("--version", action="version", version=f"pomp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pre-train a prompt (single process, or under torchrun for DDP)",
+                       description="Pre-train a POMP prompt. Defaults are the paper's recipe (n_ctx 4, K 1000, "
+                                   "SGD 0.002, 1 warm-up epoch then cosine, 32 images x 4 views, 5 epochs). "
+                                   "Run under `torchrun --nproc_per_node N` for DDP.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_dataclass_flags(p, PretrainConfig, PRETRAIN_HELP)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="zero-shot classification with a prompt and/or hand-crafted baselines",
+                       description="Zero-shot top-1/top-5/mean-per-class recall on one or more datasets; writes "
+                                   "one clip_benchmark-style JSON per dataset and prompt, and results.md/.csv.")
+    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
+    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--prompt", default=None, help="a pomp prompt (.safetensors/.json/dir) or an official .pth.tar")
+    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
+                   help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates "
+                        "(repeatable)")
+    p.add_argument("--data", action="append", required=True,
+                   help="a class-folder root, or a CoOp-format split JSON (repeatable)")
+    p.add_argument("--split", default="test", help="split to read from split JSON files")
+    p.add_argument("--image-root", default=None, help="image root for split JSON files (default: their folder)")
+    p.add_argument("--names", default=None, help="names file for class-folder data")
+    p.add_argument("--out-dir", default="runs/eval", help="where result files go")
+    p.add_argument("--feature-cache", default=None, help="cache image features here (reused by later prompts)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("embed", help="class embeddings for detectors/segmenters (Detic .npy, clip_benchmark .pt)",
+                       description="Write OUT_DIR/class_embeddings.npy ([C, D] float32, L2-normalised; what "
+                                   "Detic's zero-shot classifier loads), OUT_DIR/zeroshot_classifier.pt ([D, C], "
+                                   "clip_benchmark --load_clfs) and OUT_DIR/classnames.txt.")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
+    p.add_argument("--template", default="a photo of a {}.", help="hand-crafted template when no --prompt")
+    p.add_argument("--classes", required=True, help="vocabulary: one class name per line (or a names file)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("info", help="show a prompt's shape and metadata")
+    p.add_argument("prompt", help="a pomp prompt or an official .pth.tar checkpoint")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert prompts: official Dassl .pth.tar <-> pomp safetensors+JSON",
+                       description="SRC .pth.tar -> DST .safetensors imports an official POMP/CoOp checkpoint; "
+                                   "SRC pomp prompt -> DST .pth.tar (or model.pth.tar-N) exports the official format.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--backbone", default=None, help="record this backbone name when importing")
+    p.add_argument("--epoch", type=int, default=None, help="epoch number written into an exported checkpoint")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError, KeyError) as err:
+        if os.environ.get("POMP_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"pomp {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pomp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""ImageNet class lists shipped with timm (`timm/data/_info`): the 10,450 winter-21 ImageNet-21K-P
+synsets POMP pre-trains on, the full 21,841, and WordNet lemmas as class names. Offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LISTS = {
+    "imagenet21k-p": "imagenet21k_miil_w21_synsets.txt",  # ImageNet-21K-P winter-21: 10,450 classes
+    "imagenet22k": "imagenet22k_synsets.txt",  # full ImageNet-21K (fall-11): 21,841 classes
+    "imagenet1k": "imagenet_synsets.txt",
+    "imagenet-a": "imagenet_a_synsets.txt",
+    "imagenet-r": "imagenet_r_synsets.txt",
+}
+
+
+def _info_dir() -> Path:
+    import timm.data
+
+    return Path(timm.data.__file__).parent / "_info"
+
+
+def synsets(which: str = "imagenet21k-p") -> list[str]:
+    """WordNet ids of a class list, in its canonical order."""
+    if which not in LISTS:
+        raise ValueError(f"unknown class list {which!r}; choose from {sorted(LISTS)}")
+    return (_info_dir() / LISTS[which]).read_text().split()
+
+
+def synset_lemmas() -> dict[str, str]:
+    """WordNet id -> lemma list as timm ships it ("tabby, tabby cat")."""
+    mapping = {}
+    for line in (_info_dir() / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines():
+        if "\t" in line:
+            key, lemmas = line.split("\t", 1)
+            mapping[key] = lemmas.strip()
+    return mapping
+
+
+def classnames(which: str = "imagenet21k-p") -> list[str]:
+    """First WordNet lemma of each synset, in the list's order (the names POMP trains with)."""
+    lemmas = synset_lemmas()
+    return [lemmas[s].split(",")[0].strip().replace("_", " ") for s in synsets(which)]
+
+
+def names_mapping(which: str = "imagenet21k-p") -> dict[str, str]:
+    """WordNet id -> first lemma, ordered as the list: a names mapping for `scan_class_folders`."""
+    return dict(zip(synsets(which), classnames(which)))

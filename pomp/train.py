@@ -1,0 +1,517 @@
+"""POMP pre-training: one process or many (torchrun + DDP), the same code.
+
+Each step: image features of B images x V views (frozen image tower, or a feature cache);
+K-1 negative classes drawn for this rank and step; the distinct classes among the batch's
+labels and the negatives encoded once through the prompt; local-contrast loss with local
+correction; SGD on the context only. When more distinct classes than `text_chunk_size` are
+needed (e.g. K = all), the class features are computed without graph, the loss gradient with
+respect to them is taken, and the chunks are re-encoded with graph to push it into the
+context (gradient caching): same loss and gradient, memory bounded by the chunk.
+
+Randomness is a function of (seed, rank, step) and (seed, epoch, image), never of process
+history, so a resumed run continues exactly where an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pomp.backbones import Backbone, load_backbone
+from pomp.data.folder import (
+    ImageDataset,
+    LabelledImages,
+    collate_skipping,
+    load_or_make_split,
+    read_names_file,
+    read_split_file,
+    scan_class_folders,
+)
+from pomp.data.transforms import MultiView, train_transform
+from pomp.evaluate import zero_shot_metrics
+from pomp.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels
+from pomp.io import atomic_write, atomic_write_json, check_writable_dir
+from pomp.loss import local_contrast_loss, sample_negatives
+from pomp.prompt import ClassTokens, Prompt
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pre-training run depends on. Defaults are the paper's recipe (method.md §4)."""
+
+    backbone: str = "ViT-B-16"
+    pretrained: str | None = None
+    out_dir: str = "runs/pretrain"
+    # data: class folders (+ names file) split k-shot, or a CoOp-format split file
+    train_root: str | None = None
+    names: str | None = None
+    split_file: str | None = None
+    image_root: str | None = None
+    shots: int = 16
+    val_per_class: int = 50
+    split_seed: int = 0
+    # prompt
+    n_ctx: int = 4
+    ctx_init: str | None = None
+    # local contrast / local correction
+    classes_per_step: int = 1000  # K; 0 or >= N: all classes (plain softmax)
+    local_correction: bool = True
+    margin: float | None = None
+    logit_scale: float | None = None  # default: the backbone's own
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 32
+    views: int = 4
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    augment: bool = True
+    # execution
+    device: str = "auto"
+    precision: str = "bf16"  # autocast on CUDA: bf16 | fp16 | fp32
+    text_chunk_size: int = 2048
+    feature_cache: str | None = None
+    num_workers: int = 4
+    seed: int = 0
+    validate: bool = True
+    checkpoint_every: int = 200
+    max_steps: int | None = None  # stop after this many steps in total (resume continues)
+    max_bad_steps: int = 10
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def recipe(self) -> dict:
+        keys = ["n_ctx", "ctx_init", "classes_per_step", "local_correction", "margin", "epochs", "batch_size",
+                "views", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "augment", "shots", "seed"]
+        return {k: getattr(self, k) for k in keys}
+
+
+# --- schedule ----------------------------------------------------------------------------------
+def lr_at_epoch(cfg: PretrainConfig, epoch: int) -> float:
+    """Constant warm-up lr for the first epochs, then cosine from `lr` (Dassl's per-epoch schedule)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The negatives' random stream of one rank at one step: a function of (seed + rank, step) alone."""
+    state = np.random.SeedSequence([seed + rank, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# --- distributed -------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def init_distributed(device: str) -> tuple[Dist, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        d = Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+    else:
+        d = Dist()
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+        return d, torch.device("cuda", d.local_rank)
+    return d, torch.device("cpu")
+
+
+# --- data --------------------------------------------------------------------------------------
+def load_training_data(cfg: PretrainConfig, out_dir: Path) -> tuple[LabelledImages, LabelledImages | None]:
+    """Train (and val) samples: from a split file, or a k-shot split of class folders saved in out_dir."""
+    if cfg.split_file:
+        train = read_split_file(cfg.split_file, "train", cfg.image_root)
+        with open(cfg.split_file) as f:
+            has_val = "val" in json.load(f)
+        val = read_split_file(cfg.split_file, "val", cfg.image_root) if has_val and cfg.validate else None
+        return train, val
+    if not cfg.train_root:
+        raise ValueError("give --train-root (class folders) or --split-file")
+    names = None
+    if cfg.names == "imagenet21k-p":
+        from pomp.data.imagenet21k import names_mapping
+
+        names = names_mapping("imagenet21k-p")
+    elif cfg.names:
+        names = read_names_file(cfg.names)
+    images = scan_class_folders(cfg.train_root, names)
+    splits = load_or_make_split(out_dir / "split.json", images, cfg.shots,
+                                cfg.val_per_class if cfg.validate else 0, cfg.split_seed)
+    return splits["train"], splits.get("val")
+
+
+class BatchPlan:
+    """Which images each rank sees at each step: one permutation per epoch shared by all ranks,
+    each rank taking its own slice, so no image is seen twice in an epoch."""
+
+    def __init__(self, num_images: int, batch_size: int, dist_info: Dist, seed: int):
+        self.num_images, self.batch_size, self.dist, self.seed = num_images, batch_size, dist_info, seed
+        per_step = batch_size * dist_info.world
+        if num_images < per_step:
+            self.batch_size = max(1, num_images // dist_info.world)
+            per_step = self.batch_size * dist_info.world
+        if per_step == 0:
+            raise ValueError(f"{num_images} training images cannot be split over {dist_info.world} processes")
+        self.steps_per_epoch = num_images // per_step
+
+    def batches(self, epoch: int, start_step: int = 0) -> list[list[int]]:
+        order = torch.randperm(self.num_images, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        out = []
+        for step in range(start_step, self.steps_per_epoch):
+            first = (step * self.dist.world + self.dist.rank) * self.batch_size
+            out.append(order[first : first + self.batch_size].tolist())
+        return out
+
+
+# --- one step ----------------------------------------------------------------------------------
+def encode_and_backward(
+    model: torch.nn.Module,
+    prompt: Prompt,
+    backbone: Backbone,
+    vocab: ClassTokens,
+    image_features: torch.Tensor,
+    labels: torch.Tensor,
+    negative_ids: torch.Tensor,
+    cfg: PretrainConfig,
+    logit_scale: float,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """Loss of one step and its gradient in `prompt.ctx`; each distinct class encoded once.
+
+    `model` is the prompt itself or its DDP wrapper. Returns the (detached) loss.
+    """
+    device = image_features.device
+    class_ids, inverse = torch.unique(torch.cat([labels.cpu(), negative_ids]), return_inverse=True)
+    b = labels.shape[0]
+
+    def loss_of(class_features: torch.Tensor) -> torch.Tensor:
+        return local_contrast_loss(
+            image_features, class_features[inverse[:b].to(device)], class_features[inverse[b:].to(device)],
+            labels, negative_ids.to(device), len(vocab), logit_scale, cfg.local_correction, cfg.margin,
+        )
+
+    amp = autocast_for(device, cfg.precision)
+    if b == 0:  # every image of this batch was unreadable: contribute a zero gradient (keeps DDP in step)
+        with amp:
+            loss = model(backbone, vocab, class_ids[:1]).sum() * 0.0
+        loss.backward()
+        return loss.detach()
+    if len(class_ids) <= cfg.text_chunk_size:
+        with amp:
+            class_features = model(backbone, vocab, class_ids)
+        loss = loss_of(class_features)
+        (loss * grad_scale).backward()
+        return loss.detach()
+
+    # gradient caching: features without graph -> dL/dfeatures -> re-encode chunks with graph
+    chunks = list(torch.split(class_ids, cfg.text_chunk_size))
+    with torch.no_grad(), amp:
+        cached = torch.cat([prompt(backbone, vocab, chunk) for chunk in chunks])
+    cached.requires_grad_(True)
+    loss = loss_of(cached)
+    loss.backward()
+    grad = cached.grad * grad_scale
+    offset = 0
+    for j, chunk in enumerate(chunks):
+        sync = j == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else model.no_sync()), amp:
+            features = model(backbone, vocab, chunk)
+        features.backward(grad[offset : offset + len(chunk)])
+        offset += len(chunk)
+    return loss.detach()
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+def save_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """One safetensors file (context + momentum, run state in its header), replaced atomically."""
+    tensors = {"ctx": prompt.ctx.detach().cpu().contiguous()}
+    buffer = optimizer.state.get(prompt.ctx, {}).get("momentum_buffer")
+    if buffer is not None:
+        tensors["momentum_buffer"] = buffer.detach().cpu().contiguous()
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(state)}))
+
+
+def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            state = json.loads(f.metadata()["state"])
+        tensors = load_file(str(path))
+    except Exception as err:  # a damaged file must not crash with a traceback from deep inside
+        raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
+    if tensors["ctx"].shape != prompt.ctx.shape:
+        raise ValueError(f"{path}: checkpoint context {tuple(tensors['ctx'].shape)} does not match "
+                         f"this run's {tuple(prompt.ctx.shape)}")
+    with torch.no_grad():
+        prompt.ctx.copy_(tensors["ctx"])
+    if "momentum_buffer" in tensors:
+        optimizer.state[prompt.ctx]["momentum_buffer"] = tensors["momentum_buffer"].to(prompt.ctx.device)
+    return state
+
+
+# --- the run -----------------------------------------------------------------------------------
+class _Logger:
+    """JSON-lines log (+ TensorBoard when installed), main process only."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out_dir / "log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device, cached):
+    """Yield (features [B*V, D], labels [B*V], skipped) per step of an epoch."""
+    batches = plan.batches(epoch, start_step)
+    if cached is not None:
+        for idx in batches:
+            feats = cached.features[idx].float()
+            labels = cached.labels[idx].repeat_interleave(feats.shape[1])
+            yield feats.flatten(0, 1).to(device), labels.to(device), 0
+        return
+    transform = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
+    dataset = ImageDataset(train, transform, seed=cfg.seed)
+    dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_skipping,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    for pixels, labels, _, skipped in loader:
+        if pixels is None:
+            yield None, None, skipped
+            continue
+        feats = encode_pixels(backbone, pixels, cfg.precision)
+        yield feats.flatten(0, 1), labels.repeat_interleave(feats.shape[1]).to(device), skipped
+
+
+def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float | None:
+    if val_features is None:
+        return None
+    with torch.no_grad():
+        classifier = prompt.encode_class_features(backbone, vocab, chunk_size=2048).float()
+        feats, labels = val_features
+        correct = 0.0
+        if len(labels):
+            metrics = zero_shot_metrics(feats.to(device), labels.to(device), classifier)
+            correct = metrics["acc1"] * len(labels)
+    correct, total = dist_info.sum([correct, float(len(labels))], device)
+    return correct / max(total, 1.0)
+
+
+def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
+    """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`."""
+    dist_info, device = init_distributed(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    if dist_info.main:
+        check_writable_dir(out_dir)
+    dist_info.barrier()
+    checkpoint_path = out_dir / "checkpoint.safetensors"
+    if checkpoint_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
+                              f"or choose another --out-dir")
+    if cfg.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
+
+    backbone = backbone or load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    train, val = load_training_data(cfg, out_dir) if dist_info.main else (None, None)
+    dist_info.barrier()
+    if not dist_info.main:  # every rank reads the split rank 0 wrote: the split is made once, never per rank
+        train, val = load_training_data(cfg, out_dir)
+    num_classes = len(train.classnames)
+    if num_classes < 2:
+        raise ValueError(f"pre-training needs at least 2 classes, got {num_classes}")
+
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    prompt = Prompt.init(backbone, n_ctx=None if cfg.ctx_init else cfg.n_ctx, init=cfg.ctx_init, seed=cfg.seed)
+    prompt.to(device)
+    vocab = prompt.tokenize_classes(backbone, train.classnames)
+    optimizer = torch.optim.SGD([prompt.ctx], lr=cfg.warmup_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
+    model = DistributedDataParallel(prompt) if dist_info.world > 1 else prompt
+    logit_scale = cfg.logit_scale if cfg.logit_scale is not None else backbone.logit_scale
+    k_minus_1 = num_classes if cfg.classes_per_step <= 0 or cfg.classes_per_step > num_classes else cfg.classes_per_step - 1
+
+    # image features: a cache (views precomputed once) or the image tower every step
+    cached = None
+    if cfg.feature_cache:
+        aug = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
+        if not cfg.augment and cfg.views == 1:
+            aug = backbone.eval_transform()
+        rank_dir = Path(cfg.feature_cache)
+        if dist_info.main:
+            cached = cached_image_features(rank_dir / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
+                                           extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
+                                           precision=cfg.precision, desc="train features", progress=cfg.progress)
+        dist_info.barrier()
+        if not dist_info.main:
+            cached = cached_image_features(rank_dir / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
+                                           extra_key={"seed": cfg.seed, "views": cfg.views})
+    val_features = None
+    if val is not None and cfg.validate:
+        shard = LabelledImages(val.root, val.samples[dist_info.rank :: dist_info.world], val.classnames, val.name)
+        cache_dir = Path(cfg.feature_cache) / f"val-rank{dist_info.rank}-of{dist_info.world}" if cfg.feature_cache else None
+        vf = cached_image_features(cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()),
+                                   num_workers=cfg.num_workers, precision=cfg.precision,
+                                   desc="val features", progress=cfg.progress and dist_info.main) if len(shard) else None
+        val_features = (vf.features.float(), vf.labels) if vf is not None else (torch.zeros(0, 1, 1), torch.zeros(0))
+
+    num_train = len(cached) if cached is not None else len(train)
+    plan = BatchPlan(num_train, cfg.batch_size, dist_info, cfg.seed)
+    total_steps = plan.steps_per_epoch * cfg.epochs
+    state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0, "skipped_images": 0,
+             "history": []}
+    if cfg.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, prompt, optimizer)
+    if dist_info.main:
+        config_record = {**asdict(cfg), "num_classes": num_classes, "num_train_images": len(train),
+                         "num_val_images": len(val) if val is not None else 0, "world_size": dist_info.world,
+                         "steps_per_epoch": plan.steps_per_epoch, "images_per_step_per_rank": plan.batch_size,
+                         "logit_scale": logit_scale, "backbone_info": backbone.describe()}
+        atomic_write_json(out_dir / "config.json", config_record)
+    logger = _Logger(out_dir, dist_info.main)
+    meta = {"recipe": cfg.recipe(), "num_classes": num_classes, "trained_on": cfg.train_root or cfg.split_file}
+
+    consecutive_bad = 0
+    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
+    bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and dist_info.main),
+               desc="pretrain", dynamic_ncols=True)
+    stopped_early = False
+    while state["global_step"] < stop_at:
+        epoch, start = divmod(state["global_step"], plan.steps_per_epoch)
+        lr = lr_at_epoch(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        batches = _image_feature_batches(cfg, backbone, train, plan, epoch, start, device, cached)
+        for image_features, labels, skipped in batches:
+            step = state["global_step"]
+            state["skipped_images"] += skipped
+            if image_features is None:  # every image of this batch was unreadable: nothing to learn from
+                image_features = torch.zeros(0, backbone.embed_dim, device=device)
+                labels = torch.zeros(0, dtype=torch.long, device=device)
+            negatives = sample_negatives(num_classes, k_minus_1, step_generator(cfg.seed, dist_info.rank, step))
+            optimizer.zero_grad(set_to_none=True)
+            grad_scale = scaler.get_scale() if scaler is not None else 1.0
+            loss = encode_and_backward(model, prompt, backbone, vocab, image_features, labels, negatives, cfg,
+                                       logit_scale, grad_scale)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_ok = prompt.ctx.grad is not None and bool(torch.isfinite(prompt.ctx.grad).all())
+            if grad_ok:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+                consecutive_bad = 0
+            elif not grad_ok:
+                state["bad_steps"] += 1
+                consecutive_bad += 1
+                warnings.warn(f"step {step}: non-finite loss or gradient (loss={float(loss):.4g}); step skipped",
+                              stacklevel=1)
+            if scaler is not None:
+                scaler.update()
+            state["global_step"] = step + 1
+            n_img = labels.numel() * dist_info.world
+            elapsed = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", img_s=f"{n_img / max(elapsed, 1e-9):.0f}")
+            if step % cfg.log_every == 0 or state["global_step"] == total_steps:
+                logger.log({"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
+                            "images_per_s": n_img / max(elapsed, 1e-9), "classes_encoded": None})
+            if consecutive_bad >= cfg.max_bad_steps:
+                stopped_early = True
+                break
+            end_of_epoch = state["global_step"] % plan.steps_per_epoch == 0
+            if end_of_epoch:
+                val_acc = _validate(prompt, backbone, vocab, val_features, dist_info, device)
+                record = {"epoch": epoch, "step": state["global_step"], "val_acc1": val_acc}
+                state["history"].append(record)
+                logger.log(record)
+                if dist_info.main:
+                    improved = val_acc is None or state["best_val_acc1"] is None or val_acc > state["best_val_acc1"]
+                    if improved:
+                        state["best_val_acc1"], state["best_epoch"] = val_acc, epoch
+                        prompt.save(out_dir / "prompt_best.safetensors", **meta, epochs=epoch + 1, val_acc1=val_acc)
+            if dist_info.main and (end_of_epoch or state["global_step"] % cfg.checkpoint_every == 0
+                                   or state["global_step"] >= stop_at):
+                save_checkpoint(checkpoint_path, prompt, optimizer, state)
+            if state["global_step"] >= stop_at:
+                break
+        if stopped_early:
+            break
+    bar.close()
+    logger.close()
+    dist_info.barrier()
+    summary = {**{k: state[k] for k in ("global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images")},
+               "total_steps": total_steps, "finished": state["global_step"] >= total_steps,
+               "num_classes": num_classes, "out_dir": str(out_dir)}
+    if stopped_early:
+        raise RuntimeError(f"stopped after {cfg.max_bad_steps} consecutive non-finite steps at step "
+                           f"{state['global_step']}; last good checkpoint: {checkpoint_path}")
+    if dist_info.main:
+        final_epoch = state["global_step"] // plan.steps_per_epoch
+        prompt.save(out_dir / "prompt.safetensors", **meta, epochs=final_epoch, steps=state["global_step"])
+        atomic_write_json(out_dir / "summary.json", summary)
+    return summary

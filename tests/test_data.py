@@ -1,0 +1,113 @@
+"""Names files, class folders, k-shot splits, CoOp split files, unreadable images."""
+
+import json
+
+import pytest
+import torch
+
+from pomp.data.folder import (
+    ImageDataset,
+    collate_skipping,
+    few_shot_split,
+    load_or_make_split,
+    read_names_file,
+    read_split_file,
+    scan_class_folders,
+    write_split_file,
+)
+from pomp.data.imagenet21k import classnames, names_mapping, synsets
+from pomp.data.transforms import MultiView, eval_transform, train_transform
+from pomp.backbones.base import ImageSpec
+
+
+def test_names_file_first_synonym(tmp_path):
+    f = tmp_path / "n.txt"
+    f.write_text("n01\ttabby, tabby cat\nn02\tgolden_retriever\n")
+    assert read_names_file(f) == {"n01": "tabby", "n02": "golden retriever"}
+    assert read_names_file(f, first_synonym=False)["n01"] == "tabby, tabby cat"
+    f.write_text("n01\tx\nn01\ty\n")
+    with pytest.raises(ValueError, match="listed twice"):
+        read_names_file(f)
+
+
+def test_imagenet21k_p_lists():
+    assert len(synsets("imagenet21k-p")) == 10450
+    names = classnames("imagenet21k-p")
+    assert len(names) == 10450 and all(names)
+    assert list(names_mapping())[:3] == synsets()[:3]
+
+
+def test_scan_and_mismatch(class_folders):
+    names = read_names_file(class_folders / "names.txt")
+    images = scan_class_folders(class_folders / "images", names)
+    assert len(images.classnames) == 6 and len(images) == 36
+    assert images.classnames[0] == "golden retriever"
+    names.pop("c005")
+    with pytest.raises(ValueError, match="no name in the names file"):
+        scan_class_folders(class_folders / "images", names)
+    names["zzz"] = "ghost"
+    names["c005"] = "x"
+    with pytest.raises(ValueError, match="with no folder"):
+        scan_class_folders(class_folders / "images", names)
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.warns(UserWarning, match="no images"), pytest.raises(ValueError, match="no images found"):
+        scan_class_folders(tmp_path)
+
+
+def test_few_shot_split_reproducible_and_saved(class_folders, tmp_path):
+    images = scan_class_folders(class_folders / "images", read_names_file(class_folders / "names.txt"))
+    a = few_shot_split(images, shots=2, val_per_class=1, seed=3)
+    b = few_shot_split(images, shots=2, val_per_class=1, seed=3)
+    c = few_shot_split(images, shots=2, val_per_class=1, seed=4)
+    assert a["train"].samples == b["train"].samples != c["train"].samples
+    assert len(a["train"]) == 12 and len(a["val"]) == 6
+    assert not set(a["train"].samples) & set(a["val"].samples)
+    split = tmp_path / "split.json"
+    first = load_or_make_split(split, images, 2, 1, seed=3)
+    again = load_or_make_split(split, images, 2, 1, seed=99)  # reused, seed ignored
+    assert first["train"].samples == again["train"].samples == a["train"].samples
+    data = json.loads(split.read_text())
+    assert data["train"][0][2] == images.classnames[data["train"][0][1]]
+
+
+def test_coop_split_file_errors(class_folders, tmp_path):
+    images = scan_class_folders(class_folders / "images", read_names_file(class_folders / "names.txt"))
+    split = tmp_path / "split_zhou_Test.json"
+    write_split_file(split, {"train": images, "test": images})
+    test = read_split_file(split, "test", class_folders / "images")
+    assert test.classnames == images.classnames and len(test) == 36
+    with pytest.raises(FileNotFoundError, match="missing under"):
+        read_split_file(split, "test", tmp_path)
+    bad = json.loads(split.read_text())
+    bad["test"][0][2] = "other name"
+    split.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="named both"):
+        read_split_file(split, "test", class_folders / "images")
+    split.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_split_file(split, "test")
+
+
+def test_unreadable_image_is_skipped_and_counted(class_folders):
+    images = scan_class_folders(class_folders / "images")
+    (class_folders / "images" / images.samples[0][0]).write_bytes(b"not an image")
+    (class_folders / "images" / images.samples[1][0]).write_bytes(b"")
+    ds = ImageDataset(images, eval_transform(ImageSpec(32, (0.5,) * 3, (0.5,) * 3)))
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        batch = collate_skipping([ds[i] for i in range(4)])
+    pixels, labels, indices, skipped = batch
+    assert skipped == 2 and pixels.shape == (2, 3, 32, 32) and indices.tolist() == [2, 3]
+
+
+def test_train_transform_views_seeded(class_folders):
+    images = scan_class_folders(class_folders / "images")
+    spec = ImageSpec(32, (0.5,) * 3, (0.5,) * 3)
+    ds = ImageDataset(images, MultiView(train_transform(spec), 4), seed=1)
+    x1, x2 = ds[0][0], ds[0][0]
+    assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2)
+    assert not torch.equal(x1[0], x1[1])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0][0], x1)

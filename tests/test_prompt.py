@@ -1,0 +1,114 @@
+"""The prompted text path against open_clip's own text encoder, and prompt files."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pomp
+from pomp.prompt import Prompt, load_official, save_official
+
+NAMES = ["cat", "golden retriever", "hot_air balloon", "a very long class name with many many words in it"]
+
+
+def reference_features(backbone, texts):
+    tokens = backbone.tokenize(texts)
+    with torch.no_grad():
+        return backbone.model.encode_text(tokens, normalize=True)
+
+
+def test_init_from_words_equals_open_clip_encode_text(backbone):
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    assert prompt.n_ctx == 4
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, NAMES)
+    ref = reference_features(backbone, [f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
+    torch.testing.assert_close(ours, ref, atol=2e-6, rtol=0)
+
+
+def test_cut_after_eot_is_exact_for_random_context(backbone):
+    prompt = Prompt.init(backbone, n_ctx=6, seed=3)
+    vocab = prompt.tokenize_classes(backbone, NAMES)
+    with torch.no_grad():
+        cut = prompt(backbone, vocab)
+        # full 77-token sequences, context spliced in by hand
+        emb = backbone.embed_tokens(vocab.tokens).clone()
+        emb[:, 1:7] = prompt.ctx
+        full = F.normalize(backbone.encode_text_embeddings(emb, vocab.tokens), dim=-1)
+    assert int(vocab.lengths.max()) < vocab.tokens.shape[1]
+    torch.testing.assert_close(cut, full, atol=2e-6, rtol=0)
+
+
+def test_chunked_encoding_equals_one_pass(backbone):
+    prompt = Prompt.init(backbone, n_ctx=4, seed=1)
+    with torch.no_grad():
+        whole = prompt.encode_class_features(backbone, NAMES, chunk_size=None)
+        chunked = prompt.encode_class_features(backbone, NAMES, chunk_size=3)
+    torch.testing.assert_close(chunked, whole, atol=2e-6, rtol=0)
+
+
+def test_init_n_ctx_must_match_words(backbone):
+    with pytest.raises(ValueError, match="n_ctx"):
+        Prompt.init(backbone, n_ctx=2, init="a photo of a")
+
+
+def test_only_ctx_gets_gradient(backbone):
+    prompt = Prompt.init(backbone, n_ctx=4, seed=0)
+    feats = prompt.encode_class_features(backbone, NAMES[:3])
+    feats.sum().backward()
+    assert prompt.ctx.grad is not None and prompt.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in backbone.parameters())
+
+
+def test_save_load_round_trip(backbone, tmp_path):
+    prompt = Prompt.init(backbone, n_ctx=4, seed=5)
+    path = prompt.save(tmp_path / "p.safetensors", num_classes=7)
+    loaded = Prompt.load(path)
+    assert torch.equal(loaded.ctx, prompt.ctx)
+    assert loaded.meta["num_classes"] == 7 and loaded.meta["n_ctx"] == 4
+    assert loaded.meta["backbone"]["text_width"] == backbone.text_width
+    assert (tmp_path / "p.json").is_file()
+
+
+def test_width_mismatch_is_a_clear_error(backbone, tmp_path):
+    other = Prompt(torch.zeros(4, backbone.text_width + 8))
+    other.save(tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="width"):
+        Prompt.load(tmp_path / "w.safetensors").encode_class_features(backbone, ["cat"])
+
+
+def test_official_round_trip_and_weights_only(backbone, tmp_path):
+    prompt = Prompt.init(backbone, n_ctx=4, seed=2)
+    path = save_official(prompt, tmp_path / "prompt_learner" / "model.pth.tar-5", epoch=5)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) >= {"state_dict", "epoch"} and raw["epoch"] == 5
+    assert torch.equal(raw["state_dict"]["ctx"], prompt.ctx.detach())
+    back = load_official(path)
+    assert torch.equal(back.ctx, prompt.ctx)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_official_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {"ctx": torch.zeros(4, 8)}, "x": _Payload()}, path)
+    with pytest.raises(ValueError, match="refused or unreadable"):
+        load_official(path)
+
+
+def test_convert_cli_round_trip(backbone, tmp_path):
+    from pomp.cli import main
+
+    prompt = Prompt.init(backbone, n_ctx=4, seed=9)
+    ours = prompt.save(tmp_path / "a.safetensors")
+    assert main(["convert", str(ours), str(tmp_path / "model.pth.tar-5"), "--epoch", "5"]) == 0
+    assert main(["convert", str(tmp_path / "model.pth.tar-5"), str(tmp_path / "b.safetensors")]) == 0
+    assert torch.equal(Prompt.load(tmp_path / "b.safetensors").ctx, prompt.ctx)
+
+
+def test_public_api_names():
+    assert callable(pomp.load_backbone) and hasattr(pomp.Prompt, "init") and callable(pomp.loss.local_contrast_loss)
