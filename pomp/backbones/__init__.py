@@ -17,11 +17,22 @@ def load_backbone(
 
     Args:
         name_or_config: an open_clip model name (`ViT-B-16`) or the path of an open_clip
-            model-config JSON.
+            model-config JSON; `hf:<folder or hub id>` for a transformers CLIP checkpoint.
         pretrained: open_clip pretrained tag (needs network) or a local checkpoint file.
         device: `cpu`, `cuda`, `cuda:1`...
         precision: `fp32`, `fp16`, `bf16` (weights cast) or open_clip's `amp` variants.
     """
+    if name_or_config.startswith("hf:"):
+        from pomp.backbones.hf_clip import load_hf_clip
+
+        return load_hf_clip(name_or_config, pretrained=pretrained, device=device, precision=precision)
+
+    if name_or_config in ("minilm-efficientnet-lite0", "default"):
+        # The offline default (MiniLM + EfficientNet-Lite0 + ridge map), from installed packages.
+        from pomp.backbones.minilm_efficientnet import load_minilm_efficientnet
+
+        return load_minilm_efficientnet(pretrained=pretrained, device=device, precision=precision)
+
     from pomp.backbones.open_clip import load_open_clip
 
     return load_open_clip(name_or_config, pretrained=pretrained, device=device, precision=precision)

@@ -1,0 +1,281 @@
+"""Hugging Face `transformers` CLIP checkpoints as POMP backbones (`hf:<folder or hub id>`).
+
+The learned context enters through the text embeddings: `embed_tokens` is the token
+embedding table alone, and `encode_text_embeddings` replays the installed transformers
+version's CLIP text forward module by module from there (position embeddings, causal mask
+through the version's attention interface, encoder, final LayerNorm, pooling at the EOT,
+text projection). Two calling conventions exist among supported versions:
+
+- transformers 4.x (`CLIPTextTransformer`): the encoder takes a separate 4D additive
+  `causal_attention_mask` built by `_create_4d_causal_attention_mask`;
+- transformers 5.x (`CLIPTextModel` holds the modules itself): the mask comes from
+  `masking_utils.create_causal_mask` for the configured attention implementation (None for
+  SDPA, which then runs with `is_causal=True`), and the encoder is called with `is_causal=True`.
+
+Which one applies is read off the encoder's signature, not off a version number.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pomp.backbones.base import Backbone, ImageSpec
+
+PREFIX = "hf:"
+
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# PIL resampling codes as stored in `preprocessor_config.json` ("resample": 3 == bicubic).
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "amp": torch.float32,
+    "amp_bf16": torch.float32,
+    "amp_bfloat16": torch.float32,
+    "fp16": torch.float16,
+    "pure_fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "pure_bf16": torch.bfloat16,
+}
+
+
+def _interpolation_name(resample) -> str:
+    if resample is None:
+        return "bicubic"
+    if isinstance(resample, str):
+        return resample.lower()
+    try:
+        return _RESAMPLE_NAMES.get(int(resample), "bicubic")
+    except (TypeError, ValueError):
+        return "bicubic"
+
+
+def _edge(value, default: int) -> int:
+    """An int side length from the several forms `size` / `crop_size` take in processor configs."""
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        for key in ("shortest_edge", "height", "width"):
+            if key in value and value[key] is not None:
+                return int(value[key])
+        return default
+    if isinstance(value, (list, tuple)) and value:
+        return int(value[0])
+    return default
+
+
+class HFCLIPBackbone(Backbone):
+    """A frozen `transformers.CLIPModel` whose text tower can be driven from token embeddings.
+
+    Args:
+        model: the CLIPModel (any dtype, any device).
+        tokenizer: its CLIPTokenizer / CLIPTokenizerFast (must have a pad token).
+        name: what it was loaded by (`hf:<folder or hub id>`).
+        pretrained: the folder or hub id holding the weights.
+        processor_config: the parsed `preprocessor_config.json` (empty: CLIP defaults).
+    """
+
+    def __init__(self, model, tokenizer, name: str, pretrained: str | None, processor_config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.processor_config = dict(processor_config or {})
+        text_config = model.config.text_config
+        self._text = model.text_model
+        self.eos_token_id = getattr(self._text, "eos_token_id", getattr(text_config, "eos_token_id", None))
+        self.context_length = int(text_config.max_position_embeddings)
+        self.text_width = int(self._text.embeddings.token_embedding.weight.shape[1])
+        self.embed_dim = int(model.text_projection.weight.shape[0])
+        self.logit_scale = float(model.logit_scale.detach().float().exp().item())
+        self.causal = True  # CLIP's text tower always builds a causal mask
+        params = inspect.signature(self._text.encoder.forward).parameters
+        self._legacy_causal_mask = "causal_attention_mask" in params
+        if self.eos_token_id is None:
+            raise ValueError(f"{name}: the text config has no eos_token_id; the pooling position is undefined")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"{name}: the tokenizer has no pad token; cannot pad to {self.context_length} tokens")
+        # The prompt sits at fixed positions after the start token: pad and truncate at the end.
+        tokenizer.padding_side = "right"
+        tokenizer.truncation_side = "right"
+        self.freeze()
+
+    # --- identity ----------------------------------------------------------------------------
+    def describe(self) -> dict:
+        import transformers
+
+        desc = super().describe()
+        desc.update(
+            {
+                "library": "transformers",
+                "library_version": transformers.__version__,
+                "model_type": getattr(self.model.config, "model_type", None),
+            }
+        )
+        commit = getattr(self.model.config, "_commit_hash", None)
+        if commit:
+            desc["commit"] = commit
+        return desc
+
+    # --- text side ---------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        encoded = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
+        return encoded["input_ids"].long()
+
+    def _pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of the pooled token, exactly as the text model picks it."""
+        ids = tokens.to(dtype=torch.int)
+        if self.eos_token_id == 2:
+            # Legacy configs (before transformers PR #24773): the EOT is the largest id in the sequence.
+            return ids.argmax(dim=-1)
+        return (ids == self.eos_token_id).int().argmax(dim=-1)
+
+    def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.eos_token_id != 2:
+            missing = ~(tokens == self.eos_token_id).any(dim=-1)
+            if bool(missing.any()):
+                row = int(missing.nonzero()[0, 0])
+                raise ValueError(
+                    f"{self.name}: sequence {row} holds no end token (id {self.eos_token_id}); "
+                    "the tokenizer and the model config disagree"
+                )
+        return self._pool_index(tokens).long() + 1
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._text.embeddings.token_embedding(tokens)
+
+    def _causal_mask(self, hidden: torch.Tensor) -> tuple[dict, torch.Tensor | None]:
+        """Encoder keyword arguments that make its attention causal, as the text model passes them."""
+        if self._legacy_causal_mask:
+            from transformers.modeling_attn_mask_utils import _create_4d_causal_attention_mask
+
+            mask = _create_4d_causal_attention_mask(hidden.shape[:2], hidden.dtype, device=hidden.device)
+            return {"causal_attention_mask": mask}, None
+        from transformers.masking_utils import create_causal_mask
+
+        mask = create_causal_mask(config=self._text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+        return {"is_causal": True}, mask
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        text = self._text
+        length = embeddings.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"sequence of {length} tokens exceeds the context length {self.context_length}")
+        dtype = text.embeddings.token_embedding.weight.dtype
+        hidden = text.embeddings(inputs_embeds=embeddings.to(dtype))  # + position embeddings [0, length)
+        extra, attention_mask = self._causal_mask(hidden)
+        out = text.encoder(inputs_embeds=hidden, attention_mask=attention_mask, **extra)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        hidden = text.final_layer_norm(hidden)
+        index = self._pool_index(tokens.to(hidden.device))
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        return self.model.text_projection(pooled)
+
+    # --- image side --------------------------------------------------------------------------
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        dtype = self.model.visual_projection.weight.dtype
+        features = self.model.get_image_features(pixel_values=pixels.to(dtype))
+        if not isinstance(features, torch.Tensor):  # transformers 5 returns the output object
+            features = features.pooler_output
+        return features
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """From the preprocessor config: crop size (the tower's input), mean/std, resample.
+
+        `ImageSpec` holds one size; the eval transform resizes the short side to it and
+        crops it. Processors that resize to a larger short side than they crop (e.g. 256 -> 224)
+        are therefore approximated by resizing straight to the crop size.
+        """
+        cfg = self.processor_config
+        image_size = int(self.model.config.vision_config.image_size)
+        crop = cfg.get("crop_size") if cfg.get("do_center_crop", True) else None
+        size = _edge(crop, _edge(cfg.get("size"), image_size))
+        mean = tuple(float(v) for v in cfg.get("image_mean", _OPENAI_MEAN))
+        std = tuple(float(v) for v in cfg.get("image_std", _OPENAI_STD))
+        return ImageSpec(size=size, mean=mean, std=std, interpolation=_interpolation_name(cfg.get("resample")))
+
+
+def _processor_config(source: str) -> dict:
+    """`preprocessor_config.json` of a local folder or hub repo; {} when there is none."""
+    folder = Path(source)
+    if folder.is_dir():
+        path = folder / "preprocessor_config.json"
+        if not path.is_file():
+            return {}
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(source, "preprocessor_config.json"))
+        except Exception:  # missing entry, offline without cache...: fall back to CLIP defaults
+            return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable preprocessor config ({err})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def load_hf_clip(
+    name: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> HFCLIPBackbone:
+    """Build a frozen backbone from `hf:<folder>` or `hf:<hub id>` (hub ids need network or the HF cache).
+
+    Args:
+        name: `hf:` followed by a local folder written by `save_pretrained` (config, weights,
+            tokenizer files, optionally `preprocessor_config.json`) or a hub id.
+        pretrained: must be None or the same folder / hub id: the weights come from there.
+        device: where the model lives.
+        precision: `fp32`, `fp16`, `bf16` (weights cast); `amp...` keep fp32 weights.
+    """
+    source = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    if not source:
+        raise ValueError(f"{name!r}: give a folder or hub id after 'hf:'")
+    if pretrained is not None and pretrained != source:
+        raise ValueError(f"{name}: weights come from {source!r}; pretrained={pretrained!r} cannot override them")
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r} (one of {sorted(_DTYPES)})")
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise FileNotFoundError(f"{source}: no such model folder (expected a save_pretrained directory)")
+    if looks_local:
+        source_path = str(Path(source).expanduser())
+    else:
+        source_path = source
+    try:
+        from transformers import AutoTokenizer, CLIPModel
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("hf: backbones need `transformers` (pip install 'pomp[hf]')") from err
+    try:
+        model = CLIPModel.from_pretrained(source_path)
+        tokenizer = AutoTokenizer.from_pretrained(source_path)
+    except OSError as err:
+        raise OSError(f"{name}: could not load a CLIP model and tokenizer ({err})") from err
+    model = model.to(device=device, dtype=_DTYPES[precision])
+    return HFCLIPBackbone(
+        model, tokenizer, name=name if name.startswith(PREFIX) else PREFIX + name,
+        pretrained=source, processor_config=_processor_config(source_path),
+    )
+
+
+__all__ = ["HFCLIPBackbone", "load_hf_clip"]
