@@ -1,0 +1,259 @@
+"""The paper's zero-shot benchmark suites: cross-dataset, domain generalization, ImageNet-21K-P.
+
+`run_benchmark` scores one or more prompts (and hand-crafted baselines) on every dataset of the
+chosen suites that is on disk under one data root (layouts: `pomp.data.benchmarks.LAYOUTS`);
+a dataset that is not there is skipped with one line saying where it was looked for.
+
+Per dataset and prompt it writes a clip_benchmark-shaped JSON; then one table (`benchmark.md`,
+`benchmark.csv`) with our top-1 accuracies, the paper's rows for CLIP / CoOp / CoCoOp / MaPLe /
+POMP (`pomp.paper_results`), the paper's averages, and our difference to the paper's POMP row.
+
+Image features of each test set are cached per backbone (`<cache>/<backbone-slug>/<dataset>`,
+keyed by model, preprocessing and samples), so scoring another prompt costs only the text side.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pomp.backbones.base import Backbone
+from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, load_test_set
+from pomp.data.folder import ImageDataset
+from pomp.evaluate import build_classifier, result_record, write_result
+from pomp.features import cached_image_features
+from pomp.io import atomic_write_json, atomic_write_text
+from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
+                                PAPER_RESULTS, REFERENCE, SOURCE, group_average)
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "cross-dataset": ("imagenet",) + CROSS_DATASET,  # ImageNet-1K: the source column
+    "domain-generalization": ("imagenet",) + DOMAIN_GENERALIZATION,
+    "imagenet21k": ("imagenet21k_p",),
+}
+SUITE_CHOICES = (*SUITES, "all")
+
+
+def suite_datasets(suites: Sequence[str], only: Sequence[str] | None = None) -> list[str]:
+    """Dataset keys of the suites ("all" = every suite), once each, in the table's order."""
+    wanted = set()
+    for suite in suites:
+        if suite == "all":
+            wanted.update(k for keys in SUITES.values() for k in keys)
+        elif suite in SUITES:
+            wanted.update(SUITES[suite])
+        else:
+            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITE_CHOICES)}")
+    if only:
+        unknown = [k for k in only if k not in LAYOUT_BY_KEY]
+        if unknown:
+            raise ValueError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(LAYOUT_BY_KEY)}")
+        wanted &= set(only)
+    return [layout.key for layout in LAYOUTS if layout.key in wanted]
+
+
+def backbone_slug(backbone: Backbone) -> str:
+    """A folder name per backbone: readable name and weights, plus a hash of `describe()`."""
+    name = str(backbone.name)
+    if name.endswith(".json"):
+        name = Path(name).stem
+    weights = Path(str(backbone.pretrained)).name if backbone.pretrained else "random"
+    digest = hashlib.sha256(json.dumps(backbone.describe(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}__{weights}").strip("-.")[:80]
+    return f"{readable}-{digest}"
+
+
+@torch.no_grad()
+def chunked_zero_shot_metrics(
+    features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor, chunk_size: int = 8192
+) -> dict[str, float]:
+    """`pomp.evaluate.zero_shot_metrics` in chunks of images (522,500 x 10,450 scores never exist at once).
+
+    `features` `[M, D]` or `[M, V, D]` (views averaged, renormalised); may be a float16 memory map.
+    """
+    device = classifier.device
+    labels = labels.long()
+    top1, hit5 = [], []
+    for start in range(0, features.shape[0], chunk_size):
+        chunk = features[start : start + chunk_size].float()
+        if chunk.dim() == 3:
+            chunk = F.normalize(chunk.mean(dim=1), dim=-1)
+        scores = chunk.to(device) @ classifier.float().t()
+        topk = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu()
+        chunk_labels = labels[start : start + chunk_size]
+        top1.append(topk[:, 0] == chunk_labels)
+        hit5.append((topk == chunk_labels.unsqueeze(1)).any(dim=1))
+    correct1, correct5 = torch.cat(top1), torch.cat(hit5)
+    num_classes = max(classifier.shape[0], int(labels.max()) + 1)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    right = torch.bincount(labels[correct1], minlength=num_classes).double()
+    present = counts > 0
+    return {
+        "acc1": float(correct1.double().mean()),
+        "acc5": float(correct5.double().mean()),
+        "mean_per_class_recall": float((right[present] / counts[present]).mean()),
+    }
+
+
+# --- the table -------------------------------------------------------------------------------------
+def table_columns(datasets: Sequence[str]) -> list[str]:
+    """Dataset keys with each average column placed after the last of its datasets that is shown."""
+    columns = list(datasets)
+    for group, members in AVERAGES.items():
+        shown = [k for k in members if k in columns]
+        if shown:
+            columns.insert(columns.index(shown[-1]) + 1, group)
+    return columns
+
+
+def _title(column: str) -> str:
+    return AVERAGE_TITLES.get(column) or LAYOUT_BY_KEY[column].title
+
+
+def benchmark_rows(
+    records: Sequence[dict], datasets: Sequence[str], metric: str = "acc1"
+) -> list[tuple[str, str, list]]:
+    """Rows `(kind, label, values)` over `table_columns(datasets)`: kind is "ours", "paper" or "delta".
+
+    Our averages follow the paper: the plain mean over all datasets of a group, and only when
+    every one of them was scored. Paper rows carry the paper's own averages.
+    """
+    columns = table_columns(datasets)
+    ours: dict[str, dict[str, float]] = {}
+    for r in records:
+        ours.setdefault(r["prompt"], {})[r["dataset"]] = 100.0 * r["metrics"][metric]
+    for values in ours.values():
+        for group in AVERAGES:
+            values[group] = group_average(values, group)
+    rows = [("ours", label, [values.get(c) for c in columns]) for label, values in ours.items()]
+    rows += [("paper", f"paper: {m}", [PAPER_RESULTS[m].get(c) for c in columns]) for m in METHODS]
+    reference = PAPER_RESULTS[REFERENCE]
+    for label, values in ours.items():
+        if label.startswith("baseline:"):
+            continue
+        delta = [values[c] - reference[c] if values.get(c) is not None and reference.get(c) is not None else None
+                 for c in columns]
+        rows.append(("delta", f"{label} - paper {REFERENCE}", delta))
+    return rows
+
+
+def benchmark_table(records: Sequence[dict], datasets: Sequence[str], metric: str = "acc1") -> tuple[str, str]:
+    """Markdown (titles as headers) and CSV (dataset keys as headers) of `benchmark_rows`."""
+    columns = table_columns(datasets)
+    rows = benchmark_rows(records, datasets, metric)
+
+    def fmt(kind: str, v: float | None) -> str:
+        if v is None:
+            return ""
+        return {"ours": f"{v:.2f}", "paper": f"{v:.1f}", "delta": f"{v:+.2f}"}[kind]
+
+    md = ["| method | " + " | ".join(_title(c) for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    md += ["| " + " | ".join([label] + [fmt(kind, v) for v in values]) + " |" for kind, label, values in rows]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method"] + columns)
+    writer.writerows([[label] + [fmt(kind, v) for v in values] for kind, label, values in rows])
+    return "\n".join(md) + "\n", buffer.getvalue()
+
+
+def write_benchmark_tables(out_dir: str | Path, records: Sequence[dict], datasets: Sequence[str],
+                           notes: Sequence[str] = (), metric: str = "acc1") -> tuple[Path, Path]:
+    markdown, csv_text = benchmark_table(records, datasets, metric)
+    header = [f"Zero-shot top-1 accuracy (%), test splits. Paper rows: {SOURCE}.",
+              "XD avg: mean over the 10 cross-dataset targets (ImageNet excluded); DG avg: mean over "
+              "ImageNet-V2/-Sketch/-A/-R; ours only when all of a group's datasets were scored. "
+              "Paper averages are the paper's own (computed before rounding).", ""]
+    text = "\n".join(header) + markdown + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
+    out_dir = Path(out_dir)
+    return (atomic_write_text(out_dir / "benchmark.md", text),
+            atomic_write_text(out_dir / "benchmark.csv", csv_text))
+
+
+# --- running ---------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkRun:
+    records: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset -> "not found (looked for ...)"
+    failed: dict[str, str] = field(default_factory=dict)  # dataset -> error
+    datasets: list[str] = field(default_factory=list)
+    tables: tuple[Path, Path] | None = None
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+
+
+def run_benchmark(
+    data_root: str | Path,
+    datasets: Sequence[str],
+    backbone: Backbone,
+    classifiers: Sequence[tuple[str, dict]],
+    out_dir: str | Path,
+    feature_cache: str | Path | None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    precision: str = "bf16",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> BenchmarkRun:
+    """Score each `(label, build_classifier kwargs)` on each dataset found under `data_root`.
+
+    `feature_cache`: root of the image-feature cache (features go to `<root>/<backbone-slug>/<dataset>`),
+    or None to compute without caching.
+    """
+    out_dir = Path(out_dir)
+    run = BenchmarkRun(datasets=list(datasets))
+    cache_root = Path(feature_cache) / backbone_slug(backbone) if feature_cache is not None else None
+    text_side: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
+    # the image tower runs under autocast on CUDA only; the precision it ran at is part of the cache key
+    effective_precision = precision if backbone.device.type == "cuda" else "fp32"
+    for key in datasets:
+        try:
+            images = load_test_set(key, data_root)
+            feats = cached_image_features(
+                cache_root / key if cache_root is not None else None, backbone,
+                ImageDataset(images, backbone.eval_transform()), {"precision": effective_precision},
+                batch_size=batch_size, num_workers=num_workers,
+                precision=precision, desc=f"{key} features", progress=progress)
+        except DatasetMissing as err:
+            run.skipped[key] = str(err).split(": ", 1)[1]
+            log(f"skipped {err}")
+            continue
+        except (ValueError, OSError, RuntimeError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            run.failed[key] = message
+            log(f"error   {key}: {message}")
+            continue
+        for label, kwargs in classifiers:
+            cache_key = (label, tuple(images.classnames))
+            if cache_key not in text_side:
+                text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
+            metrics = chunked_zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
+            extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
+                     "num_images": len(feats), "skipped_images": feats.skipped,
+                     "classes_without_images": images.skipped.get("classes_without_images", 0)}
+            record = result_record(key, backbone, metrics, label, extra)
+            write_result(out_dir / f"{key}__{_safe(label)}.json", record)
+            run.records.append(record)
+            log(f"{key:>16s}  {label:<36s} acc1 {100 * metrics['acc1']:6.2f}  acc5 {100 * metrics['acc5']:6.2f}  "
+                f"({len(feats)} images, {len(images.classnames)} classes)")
+    notes = [f"skipped {k}: {v}" for k, v in run.skipped.items()] + [f"error {k}: {v}" for k, v in run.failed.items()]
+    if run.records:
+        run.tables = write_benchmark_tables(out_dir, run.records, datasets, notes)
+    atomic_write_json(out_dir / "benchmark_summary.json", {
+        "data_root": str(data_root), "datasets": list(datasets), "backbone": backbone.describe(),
+        "feature_cache": str(cache_root) if cache_root is not None else None,
+        "scored": sorted({r["dataset"] for r in run.records}, key=list(datasets).index),
+        "skipped": run.skipped, "failed": run.failed,
+        "tables": [str(p) for p in run.tables] if run.tables else None,
+    })
+    return run
