@@ -1,0 +1,171 @@
+"""`pomp data split`, `pomp data shard` and `pomp features`: the steps run once before a large launch.
+
+    pomp data split --train-root IN21K-P/train --names imagenet21k-p --shots 16 --val-per-class 50 --out split.json
+    pomp data shard --split-file split.json --image-root IN21K-P/train --out-dir shards/   (train and val shards)
+    torchrun --nproc_per_node 8 -m pomp.cli features --backbone ViT-B-16 --pretrained openai \\
+        --split-file split.json --image-root IN21K-P/train --views 4 --out-dir cache/      (cached-feature training)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAMES_HELP = "names file ('folder<TAB>name' lines), or 'imagenet21k-p' for timm's ImageNet-21K-P winter-21 synsets"
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from pomp.data.folder import few_shot_split, scan_class_folders, write_split_file
+    from pomp.data.imagenet21k import resolve_names
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out}: exists; a split is made once and reused (pass --force to replace it)")
+    images = scan_class_folders(args.train_root, resolve_names(args.names))
+    splits = few_shot_split(images, args.shots, args.val_per_class, args.seed)
+    write_split_file(out, splits)
+    counts = {name: len(s) for name, s in splits.items()}
+    print(json.dumps({"out": str(out), "classes": len(images.classnames), "images_scanned": len(images), **counts}))
+    root = Path(args.train_root).resolve()
+    hint = "" if out.resolve().parent == root else f" --image-root {args.train_root}"
+    print(f"pretrain with: --split-file {out}{hint}   (or write shards: pomp data shard --split-file {out}{hint} ...)")
+    return 0
+
+
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from pomp.data.folder import read_split_file, scan_class_folders
+    from pomp.data.imagenet21k import resolve_names
+    from pomp.data.shards import CLASSES, MANIFEST, write_shards
+    from pomp.io import read_json
+
+    if bool(args.split_file) == bool(args.train_root):
+        raise ValueError("give one of --split-file (CoOp-format split JSON) or --train-root (class folders)")
+    if args.split_file:
+        names = args.splits.split(",") if args.splits else list(read_json(args.split_file))
+        sources = {name: read_split_file(args.split_file, name, args.image_root) for name in names}
+    else:
+        sources = {args.split_name: scan_class_folders(args.train_root, resolve_names(args.names))}
+    out = Path(args.out_dir)
+    flags = {"train": "--train-shards", "val": "--val-shards"}
+    for name, images in sources.items():
+        entry = write_shards(images, out, name, maxcount=args.maxcount, seed=args.seed, progress=args.progress)
+        print(json.dumps({"split": name, "shards": len(entry["shards"]), "samples": entry["num_samples"],
+                          "skipped": entry["skipped"]}))
+        print(f"  {flags.get(name, '--' + name + '-shards')} '{out / entry['pattern']}'")
+    print(f"  --train-classes {out / MANIFEST}   (class names also in {out / CLASSES})")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from pomp.backbones import load_backbone
+    from pomp.cli import _load_eval_data
+    from pomp.data.folder import ImageDataset, few_shot_split, read_split_file, scan_class_folders
+    from pomp.data.imagenet21k import resolve_names
+    from pomp.data.transforms import MultiView, train_transform
+    from pomp.features import extract_image_features
+    from pomp.io import check_writable_dir
+    from pomp.train import init_distributed
+
+    if not args.data and not (args.split_file or args.train_root):
+        raise ValueError("give --data (evaluation caches) and/or --split-file/--train-root (training cache)")
+    dist_info, device = init_distributed(args.device)
+    out = Path(args.out_dir)
+    if dist_info.main:
+        check_writable_dir(out)
+    dist_info.barrier()
+    backbone = load_backbone(args.backbone, args.pretrained, device=device)
+    jobs = []  # (cache dir, dataset, extra key): exactly what `pomp eval` / `pomp pretrain` look up
+    for spec in args.data:
+        images = _load_eval_data(spec, args.split, args.image_root, args.names)
+        jobs.append((out / images.name, ImageDataset(images, backbone.eval_transform()), None))
+    if args.split_file or args.train_root:
+        if args.split_file:
+            train = read_split_file(args.split_file, "train", args.image_root)
+        else:
+            train = few_shot_split(scan_class_folders(args.train_root, resolve_names(args.names)), args.shots,
+                                   0, args.split_seed)["train"]
+        aug = MultiView(train_transform(backbone.image_spec, randaugment=args.augment), args.views)
+        if not args.augment and args.views == 1:
+            aug = backbone.eval_transform()
+        jobs.append((out / "train", ImageDataset(train, aug, seed=args.seed), {"seed": args.seed, "views": args.views}))
+    for cache_dir, dataset, extra in jobs:
+        feats = extract_image_features(cache_dir, backbone, dataset, extra, dist_info.rank, dist_info.world,
+                                       barrier=dist_info.barrier, batch_size=args.batch_size,
+                                       num_workers=args.num_workers, precision=args.precision,
+                                       progress=args.progress and dist_info.main, desc=f"{cache_dir.name} features")
+        if dist_info.main:
+            print(json.dumps({"cache": str(cache_dir), "images": len(feats), "views": feats.features.shape[1],
+                              "skipped": feats.skipped, "world_size": dist_info.world}))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register `data` (split, shard) and `features` on the `pomp` sub-command parser."""
+    p = sub.add_parser("data", help="prepare data once before launch: k-shot split files, webdataset shards")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    q = data.add_parser("split", help="k-shot train split + val split of class folders (CoOp-format JSON)",
+                        description="Sample SHOTS training and VAL_PER_CLASS validation images per class, seeded, "
+                                    "once before launch (the same split `pomp pretrain --train-root` would make). "
+                                    "Pass the file to `pomp pretrain --split-file` or `pomp data shard`.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--train-root", required=True, help="class-folder image root (one sub-folder per class)")
+    q.add_argument("--names", default=None, help=NAMES_HELP)
+    q.add_argument("--shots", type=int, default=16, help="training images per class")
+    q.add_argument("--val-per-class", type=int, default=50, help="validation images per class (after the shots)")
+    q.add_argument("--seed", type=int, default=0, help="split seed (pretrain's --split-seed)")
+    q.add_argument("--out", required=True, help="split JSON to write")
+    q.add_argument("--force", action="store_true", help="replace an existing split file")
+    q.set_defaults(func=cmd_data_split)
+
+    q = data.add_parser("shard", help="write webdataset tar shards from a split file or class folders",
+                        description="Write OUT_DIR/<split>-NNNNNN.tar shards (<key>.jpg|png, <key>.cls class id, "
+                                    "<key>.json {label, classname, path}), OUT_DIR/classes.txt (names in id order) "
+                                    "and OUT_DIR/shards.json (manifest with per-shard counts). Samples are shuffled "
+                                    "(seeded) so every shard mixes classes. See docs/distributed.md.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--split-file", default=None, help="CoOp-format split JSON: each split becomes a shard set")
+    q.add_argument("--image-root", default=None, help="images of --split-file are relative to this")
+    q.add_argument("--splits", default=None, help="comma-separated splits of --split-file to write (default: all)")
+    q.add_argument("--train-root", default=None, help="or: class folders, all images, written as --split-name")
+    q.add_argument("--names", default=None, help=NAMES_HELP + " (with --train-root)")
+    q.add_argument("--split-name", default="train", help="shard name prefix with --train-root")
+    q.add_argument("--out-dir", required=True)
+    q.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+    q.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before writing")
+    q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    q.set_defaults(func=cmd_data_shard)
+
+    p = sub.add_parser("features", help="image features into a cache, split across ranks under torchrun",
+                       description="Compute image-tower features once into the cache format `pomp eval "
+                                   "--feature-cache` and `pomp pretrain --feature-cache` read (same key, so they "
+                                   "reuse it). Under torchrun each rank encodes every WORLD-th image and rank 0 "
+                                   "merges; OUT_DIR must be on a file system all ranks share. --data writes "
+                                   "OUT_DIR/<dataset name> (eval transform); --split-file/--train-root writes "
+                                   "OUT_DIR/train (the pretrain recipe's VIEWS augmented views, seeded by --seed).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
+    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--out-dir", required=True, help="the cache folder (give the same to pomp eval/pretrain)")
+    p.add_argument("--data", action="append", default=[], help="evaluation data: class-folder root or split JSON "
+                                                               "(repeatable)")
+    p.add_argument("--split", default="test", help="split read from --data split JSON files")
+    p.add_argument("--image-root", default=None, help="image root of split JSON files")
+    p.add_argument("--names", default=None, help=NAMES_HELP)
+    p.add_argument("--split-file", default=None, help="training: the split JSON given to pretrain ('train' split)")
+    p.add_argument("--train-root", default=None, help="training: class folders, split k-shot like pretrain does")
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--views", type=int, default=4, help="augmented views per training image (pretrain's --views)")
+    p.add_argument("--seed", type=int, default=0, help="pretrain's --seed (seeds the augmentation)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="pretrain's --augment")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--precision", default="bf16", help="autocast precision on CUDA: bf16 | fp16 | fp32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_features)
+
+
+__all__ = ["add_parsers", "cmd_data_shard", "cmd_data_split", "cmd_features"]
