@@ -23,6 +23,10 @@ PRETRAIN_HELP = {
     "shots": "k-shot: training images per class (split saved as OUT_DIR/split.json, reused on resume)",
     "val_per_class": "validation images per class, taken after the shots",
     "split_seed": "seed of the k-shot split",
+    "train_shards": "webdataset shards instead of image files: a brace pattern such as "
+                    "'shards/train-{000000..000167}.tar' (local paths or URLs; see `pomp data shard`)",
+    "train_classes": "class list of the shards: their shards.json (names + per-shard counts) or a classes.txt",
+    "val_shards": "validation shards (brace pattern), evaluated after each epoch",
     "n_ctx": "number of learned context vectors",
     "ctx_init": "initialise the context from these words (e.g. 'a photo of a'); n_ctx follows the words",
     "classes_per_step": "K: classes contrasted per step (K-1 sampled negatives + own class); 0 = all classes",
@@ -41,6 +45,9 @@ PRETRAIN_HELP = {
     "device": "auto | cpu | cuda (torchrun sets the local GPU)",
     "precision": "autocast precision on CUDA: bf16 | fp16 | fp32",
     "text_chunk_size": "most class prompts encoded with graph at once; above it, gradient caching",
+    "length_buckets": "encode a step's classes in this many length-sorted groups, each cut to its own longest "
+                      "sequence (less padding; same features)",
+    "compile": "torch.compile the fast causal text blocks (first steps pay the compilation)",
     "feature_cache": "cache folder for image features (views computed once, reused across epochs)",
     "num_workers": "data-loader worker processes",
     "seed": "seed of context init, data order, augmentation and negatives (rank r uses seed + r)",
@@ -108,6 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.prompt import load_any
 
     out_dir = check_writable_dir(args.out_dir)
+    if args.feature_cache:
+        check_writable_dir(args.feature_cache)
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble")
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
@@ -143,12 +152,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from pomp.backbones import load_backbone
+    from pomp.benchmark import run_benchmark, suite_datasets
+    from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.prompt import load_any
+
+    if not args.prompt and not args.baseline:
+        raise ValueError("give --prompt and/or --baseline single|ensemble")
+    datasets = suite_datasets(args.suite or ["all"], args.datasets.split(",") if args.datasets else None)
+    if not datasets:
+        raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
+    out_dir = check_writable_dir(args.out_dir)
+    cache = Path(args.feature_cache) if args.feature_cache else Path(args.out_dir).resolve().parent / "feature_cache"
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = [(p, load_any(p)) for p in args.prompt]
+    backbone = load_backbone(args.backbone, args.pretrained, device=device)
+    names = [Path(p).name for p, _ in prompts]
+    classifiers = []
+    for (path, prompt), name in zip(prompts, names):
+        prompt.check_compatible(backbone)
+        classifiers.append(("prompt:" + (name if names.count(name) == 1 else path), dict(prompt=prompt.to(device))))
+    classifiers += [(f"baseline:{b}", dict(baseline=b)) for b in dict.fromkeys(args.baseline)]
+    atomic_write_json(out_dir / "benchmark_config.json",
+                      {**vars(args), "func": None, "datasets_selected": datasets, "feature_cache_root": str(cache),
+                       "backbone_info": backbone.describe()})
+    run = run_benchmark(args.data_root, datasets, backbone, classifiers, out_dir, cache, batch_size=args.batch_size,
+                        num_workers=args.num_workers, precision=args.precision, progress=args.progress)
+    if not run.records:
+        raise FileNotFoundError(f"{args.data_root}: none of the {len(datasets)} selected datasets could be scored")
+    print()
+    print(run.tables[0].read_text())
+    return 1 if run.failed else 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import read_class_list
     from pomp.export import write_class_embeddings
     from pomp.prompt import load_any
 
+    from pomp.io import check_writable_dir
+
+    check_writable_dir(args.out_dir)
     classnames = read_class_list(args.classes)
     prompt = load_any(args.prompt) if args.prompt else None
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
@@ -170,17 +218,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from pomp.export import convert_prompt
 
-    out = convert_prompt(args.src, args.dst, backbone=args.backbone, epoch=args.epoch)
+    out = convert_prompt(args.src, args.dst, backbone=args.backbone, epoch=args.epoch, fmt=args.format)
     print(out)
     return 0
 
 
 # --- parser ------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line, like every other error: `pomp CMD: error: ...` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pomp import __version__
     from pomp.train import PretrainConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pomp",
         description="POMP prompt pre-training for vision-language models: pre-train one soft prompt on many "
                     "classes with local contrast and local correction, then apply it zero-shot.",
@@ -217,6 +272,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("benchmark", help="the paper's zero-shot suites: cross-dataset, domain generalization, IN-21K",
+                       description="Score prompts and/or baselines on every dataset of the chosen suites found under "
+                                   "--data-root (CoOp's DATASETS.md layout; see pomp/data/benchmarks.py). Missing "
+                                   "datasets are skipped with one line. Writes one clip_benchmark-style JSON per "
+                                   "dataset and prompt, and benchmark.md/.csv beside the paper's numbers. Image "
+                                   "features are cached per backbone, so another prompt costs only the text side.")
+    p.add_argument("--suite", action="append", choices=["cross-dataset", "domain-generalization", "imagenet21k", "all"],
+                   help="suite to run (repeatable; default: all)")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets (imagenet/, caltech-101/, ...)")
+    p.add_argument("--datasets", default=None, help="only these dataset keys, comma-separated (e.g. dtd,eurosat)")
+    p.add_argument("--prompt", action="append", default=[], help="a pomp prompt or official .pth.tar (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
+                   help="hand-crafted baseline: 'single' or 'ensemble' (CLIP's 80 templates) (repeatable)")
+    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
+    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--out-dir", default="runs/benchmark", help="where result files go")
+    p.add_argument("--feature-cache", default=None,
+                   help="image-feature cache root (default: OUT_DIR/../feature_cache); one folder per backbone")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision of the image tower on CUDA")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("embed", help="class embeddings for detectors/segmenters (Detic .npy, clip_benchmark .pt)",
                        description="Write OUT_DIR/class_embeddings.npy ([C, D] float32, L2-normalised; what "
                                    "Detic's zero-shot classifier loads), OUT_DIR/zeroshot_classifier.pt ([D, C], "
@@ -241,7 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--backbone", default=None, help="record this backbone name when importing")
     p.add_argument("--epoch", type=int, default=None, help="epoch number written into an exported checkpoint")
+    p.add_argument("--format", choices=["auto", "pomp", "official", "zsseg"], default="auto",
+                   help="output format: official = Dassl .pth.tar (also ZSSeg PROMPT_LEARNER 'pomp'); zsseg = "
+                        "detectron2 {'model': {'clip_adapter.prompt_learner.ctx': ...}} (ZSSeg 'pomp_tuned'); "
+                        "auto = official for a .pth name, else pomp")
     p.set_defaults(func=cmd_convert)
+    from pomp.cli_data import add_parsers  # data split, data shard, features
+
+    add_parsers(sub)
+    from pomp.cli_dense import add_parsers as add_dense_parsers  # segment, detect
+
+    add_dense_parsers(sub)
     return parser
 
 
@@ -252,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No pretrained weights loaded")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError, KeyError) as err:
+    except (ValueError, OSError, RuntimeError, KeyError) as err:  # OSError: FileNotFound, Permission, ENOSPC...
         if os.environ.get("POMP_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -137,3 +137,102 @@ def cached_image_features(
     if cache_dir is not None:
         save_feature_cache(cache_dir, feats, key)
     return feats
+
+
+# --- extraction split across ranks -------------------------------------------------------------
+def _parts_dir(cache_dir: Path, world: int) -> Path:
+    return cache_dir / f".parts-of{world}"
+
+
+@torch.no_grad()
+def compute_feature_part(
+    cache_dir: str | Path,
+    backbone: Backbone,
+    dataset: ImageDataset,
+    rank: int,
+    world: int,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    precision: str = "bf16",
+    progress: bool = True,
+    desc: str = "image features",
+) -> Path:
+    """Rank `rank` of `world`: features of images `rank, rank + world, ...` (each with its global index, so
+    seeded augmentation matches a single-process run) written to `cache_dir/.parts-of<world>/rank<r>.npz`."""
+    from torch.utils.data import Subset
+
+    loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_skipping, pin_memory=backbone.device.type == "cuda")
+    feats, labels, indices, skipped = [], [], [], 0
+    for pixels, batch_labels, batch_indices, batch_skipped in tqdm(loader, desc=desc, disable=not progress,
+                                                                   leave=False):
+        skipped += batch_skipped
+        if pixels is None:
+            continue
+        feats.append(encode_pixels(backbone, pixels, precision).cpu().half())
+        labels.append(batch_labels)
+        indices.append(batch_indices)
+    dim = backbone.embed_dim
+    views = feats[0].shape[1] if feats else 1
+    part = {"features": torch.cat(feats).numpy() if feats else np.zeros((0, views, dim), np.float16),
+            "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+            "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
+            "skipped": np.array(skipped)}
+    path = _parts_dir(Path(cache_dir), world) / f"rank{rank}.npz"
+    atomic_write(path, lambda p: np.savez(open(p, "wb"), **part))
+    return path
+
+
+def merge_feature_parts(cache_dir: str | Path, world: int, key: dict) -> ImageFeatures:
+    """Rank 0: join the `world` parts in image order into one cache (`save_feature_cache`), remove the parts."""
+    cache_dir = Path(cache_dir)
+    parts_dir = _parts_dir(cache_dir, world)
+    paths = [parts_dir / f"rank{r}.npz" for r in range(world)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: feature part missing ({len(missing)} of {world}); the cache folder "
+                                f"must be on a file system every rank writes to")
+    parts = [np.load(p) for p in paths]
+    indices = np.concatenate([p["indices"] for p in parts])
+    order = np.argsort(indices, kind="stable")
+    non_empty = [p["features"] for p in parts if len(p["features"])]
+    if not non_empty:
+        raise ValueError(f"{cache_dir}: no readable images")
+    feats = np.concatenate(non_empty)[order]
+    labels = np.concatenate([p["labels"] for p in parts])[order]
+    skipped = int(sum(int(p["skipped"]) for p in parts))
+    if skipped:
+        warnings.warn(f"{cache_dir}: skipped {skipped} unreadable images", stacklevel=2)
+    out = ImageFeatures(torch.from_numpy(feats), torch.from_numpy(labels), skipped)
+    save_feature_cache(cache_dir, out, key)
+    for p in paths:
+        p.unlink()
+    parts_dir.rmdir()
+    return out
+
+
+def extract_image_features(
+    cache_dir: str | Path,
+    backbone: Backbone,
+    dataset: ImageDataset,
+    extra_key: dict | None = None,
+    rank: int = 0,
+    world: int = 1,
+    barrier=lambda: None,
+    **compute_kwargs,
+) -> ImageFeatures | None:
+    """`cached_image_features` split across ranks: every rank encodes every world-th image, rank 0 merges
+    them into one cache under the same key, so `cached_image_features` (eval, cached-feature training)
+    reuses it. An existing matching cache is reused as is. Call on every rank; returns the cache, or
+    None on ranks other than 0 when `barrier` does not synchronise (one-process simulation)."""
+    cache_dir = Path(cache_dir)
+    key = cache_key(backbone, dataset.transform, dataset.images.samples, extra_key)
+    existing = load_feature_cache(cache_dir, key)
+    if existing is not None:
+        return existing
+    compute_feature_part(cache_dir, backbone, dataset, rank, world, **compute_kwargs)
+    barrier()
+    if rank == 0:
+        merge_feature_parts(cache_dir, world, key)
+    barrier()
+    return load_feature_cache(cache_dir, key)

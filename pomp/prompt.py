@@ -95,6 +95,9 @@ class Prompt(nn.Module):
         else:
             if n_ctx is None or n_ctx < 1:
                 raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+            context = backbone.tokenize([""]).shape[1]  # padded to the text context length
+            if n_ctx > context - backbone.prompt_prefix_length - 2:  # room for a class name and the end
+                raise ValueError(f"n_ctx={n_ctx} does not fit the text context of {context} tokens")
             generator = torch.Generator().manual_seed(seed)
             ctx = torch.randn(n_ctx, backbone.text_width, generator=generator) * 0.02
         meta = {"backbone": backbone.describe(), "init": init, "seed": seed}
@@ -132,15 +135,28 @@ class Prompt(nn.Module):
             )
 
     # --- encoding ----------------------------------------------------------------------------
-    def forward(self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor | None = None, length_buckets: int = 1
+    ) -> torch.Tensor:
         """L2-normalised class features `[len(ids), D]` of classes `ids` (all when None), with graph to ctx.
 
         Sequences are cut after the longest pooling position among `ids`: exact on causal text
-        towers, since no token before the EOT attends to what follows it.
+        towers, since no token before the EOT attends to what follows it (and exact with the
+        padding mask on non-causal ones). With `length_buckets` > 1 the classes are sorted by
+        length and encoded in that many groups, each cut to its own longest sequence: less
+        padding, same features, still one call (so DDP sees one forward).
         """
         if ids is None:
             ids = torch.arange(len(vocab))
         ids = ids.cpu()
+        if length_buckets > 1 and len(ids) > length_buckets:
+            order = torch.argsort(vocab.lengths[ids], stable=True)
+            groups = torch.tensor_split(ids[order], length_buckets)
+            features = torch.cat([self._encode(backbone, vocab, g) for g in groups if len(g)])
+            return features[torch.argsort(order)]
+        return self._encode(backbone, vocab, ids)
+
+    def _encode(self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor) -> torch.Tensor:
         lengths = vocab.lengths[ids]
         tokens = vocab.tokens[ids, : int(lengths.max())].to(backbone.device)
         with torch.no_grad():
@@ -208,8 +224,9 @@ class Prompt(nn.Module):
         if "ctx" not in tensors:
             raise ValueError(f"{tensor_path}: no 'ctx' tensor in file (has {sorted(tensors)})")
         ctx = tensors["ctx"]
-        if ctx.dim() != 2 or not ctx.is_floating_point():
-            raise ValueError(f"{tensor_path}: 'ctx' must be a float [n_ctx, width] tensor, got {tuple(ctx.shape)}")
+        if ctx.dim() != 2 or not ctx.is_floating_point() or min(ctx.shape) < 1:
+            raise ValueError(f"{tensor_path}: 'ctx' must be a non-empty float [n_ctx, width] tensor, "
+                             f"got {ctx.dtype} {tuple(ctx.shape)}")
         if not bool(torch.isfinite(ctx).all()):
             raise ValueError(f"{tensor_path}: 'ctx' holds NaN or inf values")
         for key, actual in (("n_ctx", ctx.shape[0]), ("width", ctx.shape[1])):
@@ -251,6 +268,8 @@ def load_official(path: str | Path) -> Prompt:
     if not isinstance(ctx, torch.Tensor) or ctx.dim() != 2:
         shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
         raise ValueError(f"{path}: ctx must be a shared [n_ctx, width] context, got {shape} (class-specific?)")
+    if min(ctx.shape) < 1 or not (ctx.is_floating_point() and bool(torch.isfinite(ctx).all())):
+        raise ValueError(f"{path}: ctx must be a non-empty finite float tensor, got {ctx.dtype} {tuple(ctx.shape)}")
     meta = {"source": str(path), "imported_from": "official", "epoch": checkpoint.get("epoch")}
     return Prompt(ctx.float(), meta)
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ from pomp.data.folder import (
 from pomp.data.transforms import MultiView, train_transform
 from pomp.evaluate import zero_shot_metrics
 from pomp.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels
-from pomp.io import atomic_write, atomic_write_json, check_writable_dir
+from pomp.io import atomic_write, atomic_write_json, check_writable_dir, read_json, remove_stale_temp_files
 from pomp.loss import local_contrast_loss, sample_negatives
 from pomp.prompt import ClassTokens, Prompt
 
@@ -64,6 +65,10 @@ class PretrainConfig:
     shots: int = 16
     val_per_class: int = 50
     split_seed: int = 0
+    # or webdataset shards (pomp.data.shards): brace pattern(s) + class list (shards.json or classes.txt)
+    train_shards: str | None = None
+    train_classes: str | None = None
+    val_shards: str | None = None
     # prompt
     n_ctx: int = 4
     ctx_init: str | None = None
@@ -86,6 +91,8 @@ class PretrainConfig:
     device: str = "auto"
     precision: str = "bf16"  # autocast on CUDA: bf16 | fp16 | fp32
     text_chunk_size: int = 2048
+    length_buckets: int = 1  # encode a step's classes in this many length-sorted groups (less padding)
+    compile: bool = False  # torch.compile the fast causal text blocks (opt-in; see benchmarks/README.md)
     feature_cache: str | None = None
     num_workers: int = 4
     seed: int = 0
@@ -102,6 +109,48 @@ class PretrainConfig:
         keys = ["n_ctx", "ctx_init", "classes_per_step", "local_correction", "margin", "epochs", "batch_size",
                 "views", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "augment", "shots", "seed"]
         return {k: getattr(self, k) for k in keys}
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Reject values no run can use, before anything is loaded or written: one clear error each."""
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    minimum = {"epochs": 1, "batch_size": 1, "views": 1, "shots": 1, "val_per_class": 0, "classes_per_step": 0,
+               "warmup_epochs": 0, "text_chunk_size": 1, "length_buckets": 1, "num_workers": 0, "checkpoint_every": 1,
+               "max_bad_steps": 1, "log_every": 1, "seed": 0, "split_seed": 0}
+    if not cfg.ctx_init:
+        minimum["n_ctx"] = 1
+    if cfg.max_steps is not None:
+        minimum["max_steps"] = 0
+    for name, low in minimum.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
+    for name in ("seed", "split_seed"):
+        if getattr(cfg, name) >= 2**32:
+            raise ValueError(f"{flag(name)} must be < 2**32, got {getattr(cfg, name)}")
+    for name, low, low_ok, high in (("lr", 0.0, False, None), ("warmup_lr", 0.0, True, None),
+                                    ("momentum", 0.0, True, 1.0), ("weight_decay", 0.0, True, None),
+                                    ("logit_scale", 0.0, False, None), ("margin", None, True, None)):
+        value = getattr(cfg, name)
+        if value is None and name in ("logit_scale", "margin"):
+            continue
+        ok = finite(value) and (low is None or value > low or (low_ok and value == low))
+        if not (ok and (high is None or value < high)):
+            bound = "" if low is None else f" {'>=' if low_ok else '>'} {low:g}"
+            bound += "" if high is None else f" and < {high:g}"
+            raise ValueError(f"{flag(name)} must be a finite number{bound}, got {value!r}")
+    if cfg.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"--precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
+    if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: no CUDA device is available")
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -161,10 +210,16 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
 # --- data --------------------------------------------------------------------------------------
 def load_training_data(cfg: PretrainConfig, out_dir: Path) -> tuple[LabelledImages, LabelledImages | None]:
     """Train (and val) samples: from a split file, or a k-shot split of class folders saved in out_dir."""
+    if cfg.train_shards:  # webdataset shards, split across ranks and loader workers as they are read
+        from pomp.data.shards import ShardSet
+
+        if cfg.feature_cache:
+            raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
+        val = ShardSet.open(cfg.val_shards, cfg.train_classes) if cfg.val_shards and cfg.validate else None
+        return ShardSet.open(cfg.train_shards, cfg.train_classes), val
     if cfg.split_file:
         train = read_split_file(cfg.split_file, "train", cfg.image_root)
-        with open(cfg.split_file) as f:
-            has_val = "val" in json.load(f)
+        has_val = "val" in read_json(cfg.split_file)
         val = read_split_file(cfg.split_file, "val", cfg.image_root) if has_val and cfg.validate else None
         return train, val
     if not cfg.train_root:
@@ -240,7 +295,7 @@ def encode_and_backward(
         return loss.detach()
     if len(class_ids) <= cfg.text_chunk_size:
         with amp:
-            class_features = model(backbone, vocab, class_ids)
+            class_features = model(backbone, vocab, class_ids, cfg.length_buckets)
         loss = loss_of(class_features)
         (loss * grad_scale).backward()
         return loss.detach()
@@ -248,7 +303,7 @@ def encode_and_backward(
     # gradient caching: features without graph -> dL/dfeatures -> re-encode chunks with graph
     chunks = list(torch.split(class_ids, cfg.text_chunk_size))
     with torch.no_grad(), amp:
-        cached = torch.cat([prompt(backbone, vocab, chunk) for chunk in chunks])
+        cached = torch.cat([prompt(backbone, vocab, chunk, cfg.length_buckets) for chunk in chunks])
     cached.requires_grad_(True)
     loss = loss_of(cached)
     loss.backward()
@@ -257,7 +312,7 @@ def encode_and_backward(
     for j, chunk in enumerate(chunks):
         sync = j == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
         with (contextlib.nullcontext() if sync else model.no_sync()), amp:
-            features = model(backbone, vocab, chunk)
+            features = model(backbone, vocab, chunk, cfg.length_buckets)
         features.backward(grad[offset : offset + len(chunk)])
         offset += len(chunk)
     return loss.detach()
@@ -282,6 +337,13 @@ def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer
         tensors = load_file(str(path))
     except Exception as err:  # a damaged file must not crash with a traceback from deep inside
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
+    keys = {"global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history"}
+    if not isinstance(state, dict) or not keys <= set(state) or "ctx" not in tensors:
+        raise ValueError(f"{path}: not a pomp checkpoint (run state or 'ctx' missing)")
+    if not bool(torch.isfinite(tensors["ctx"]).all()):
+        raise ValueError(f"{path}: checkpoint context holds NaN or inf values")
+    if "momentum_buffer" in tensors and tensors["momentum_buffer"].shape != tensors["ctx"].shape:
+        raise ValueError(f"{path}: checkpoint momentum buffer does not match its context")
     if tensors["ctx"].shape != prompt.ctx.shape:
         raise ValueError(f"{path}: checkpoint context {tuple(tensors['ctx'].shape)} does not match "
                          f"this run's {tuple(prompt.ctx.shape)}")
@@ -325,7 +387,7 @@ class _Logger:
 
 def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device, cached):
     """Yield (features [B*V, D], labels [B*V], skipped) per step of an epoch."""
-    batches = plan.batches(epoch, start_step)
+    batches = plan.batches(epoch, start_step) if hasattr(plan, "batches") else None
     if cached is not None:
         for idx in batches:
             feats = cached.features[idx].float()
@@ -333,10 +395,13 @@ def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device
             yield feats.flatten(0, 1).to(device), labels.to(device), 0
         return
     transform = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
-    dataset = ImageDataset(train, transform, seed=cfg.seed)
-    dataset.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_skipping,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    if batches is None:  # webdataset shards (ShardPlan): this rank's stream in batches of plan.batch_size
+        loader = plan.loader(transform, epoch, start_step, cfg.seed, cfg.num_workers, device.type == "cuda")
+    else:
+        dataset = ImageDataset(train, transform, seed=cfg.seed)
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_skipping,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
     for pixels, labels, _, skipped in loader:
         if pixels is None:
             yield None, None, skipped
@@ -361,23 +426,31 @@ def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float
 
 def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`."""
+    check_config(cfg)
     dist_info, device = init_distributed(cfg.device)
     out_dir = Path(cfg.out_dir)
     if dist_info.main:
         check_writable_dir(out_dir)
+        if cfg.feature_cache:
+            check_writable_dir(cfg.feature_cache)
     dist_info.barrier()
     checkpoint_path = out_dir / "checkpoint.safetensors"
     if checkpoint_path.exists() and not cfg.resume:
         raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
                               f"or choose another --out-dir")
+    if dist_info.main:  # temporary files of a killed run: never outputs, removed before this run writes
+        remove_stale_temp_files(out_dir)
     if cfg.precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
 
-    backbone = backbone or load_backbone(cfg.backbone, cfg.pretrained, device=device)
     train, val = load_training_data(cfg, out_dir) if dist_info.main else (None, None)
     dist_info.barrier()
     if not dist_info.main:  # every rank reads the split rank 0 wrote: the split is made once, never per rank
         train, val = load_training_data(cfg, out_dir)
+    backbone = backbone or load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    if cfg.compile and not (hasattr(backbone, "compile_text") and backbone.compile_text(True)):
+        warnings.warn(f"--compile: backbone {backbone.name!r} has no compilable text path; running eager",
+                      stacklevel=1)
     num_classes = len(train.classnames)
     if num_classes < 2:
         raise ValueError(f"pre-training needs at least 2 classes, got {num_classes}")
@@ -408,7 +481,10 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
             cached = cached_image_features(rank_dir / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
                                            extra_key={"seed": cfg.seed, "views": cfg.views})
     val_features = None
-    if val is not None and cfg.validate:
+    if val is not None and cfg.validate and hasattr(val, "image_features"):  # shards: this rank's val shards
+        vf = val.image_features(backbone, dist_info.rank, dist_info.world, cfg.num_workers, cfg.precision)
+        val_features = (vf.features.float(), vf.labels)
+    elif val is not None and cfg.validate:
         shard = LabelledImages(val.root, val.samples[dist_info.rank :: dist_info.world], val.classnames, val.name)
         cache_dir = Path(cfg.feature_cache) / f"val-rank{dist_info.rank}-of{dist_info.world}" if cfg.feature_cache else None
         vf = cached_image_features(cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()),
@@ -417,10 +493,11 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
         val_features = (vf.features.float(), vf.labels) if vf is not None else (torch.zeros(0, 1, 1), torch.zeros(0))
 
     num_train = len(cached) if cached is not None else len(train)
-    plan = BatchPlan(num_train, cfg.batch_size, dist_info, cfg.seed)
+    plan = (train.plan(cfg.batch_size, dist_info.rank, dist_info.world) if hasattr(train, "plan")
+            else BatchPlan(num_train, cfg.batch_size, dist_info, cfg.seed))
     total_steps = plan.steps_per_epoch * cfg.epochs
-    state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0, "skipped_images": 0,
-             "history": []}
+    state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0,
+             "skipped_images": cached.skipped if cached is not None else 0, "history": []}
     if cfg.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, prompt, optimizer)
     if dist_info.main:
@@ -430,7 +507,8 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                          "logit_scale": logit_scale, "backbone_info": backbone.describe()}
         atomic_write_json(out_dir / "config.json", config_record)
     logger = _Logger(out_dir, dist_info.main)
-    meta = {"recipe": cfg.recipe(), "num_classes": num_classes, "trained_on": cfg.train_root or cfg.split_file}
+    meta = {"recipe": cfg.recipe(), "num_classes": num_classes,
+            "trained_on": cfg.train_root or cfg.split_file or cfg.train_shards}
 
     consecutive_bad = 0
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
@@ -457,7 +535,10 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                                        logit_scale, grad_scale)
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grad_ok = prompt.ctx.grad is not None and bool(torch.isfinite(prompt.ctx.grad).all())
+            finite_loss = bool(torch.isfinite(loss).all())
+            if dist_info.world > 1:  # all ranks must agree to take or skip the step
+                finite_loss = dist_info.sum([float(not finite_loss)], device)[0] == 0
+            grad_ok = finite_loss and prompt.ctx.grad is not None and bool(torch.isfinite(prompt.ctx.grad).all())
             if grad_ok:
                 if scaler is not None:
                     scaler.step(optimizer)
@@ -508,8 +589,9 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                "total_steps": total_steps, "finished": state["global_step"] >= total_steps,
                "num_classes": num_classes, "out_dir": str(out_dir)}
     if stopped_early:
+        kept = f"last good checkpoint: {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written"
         raise RuntimeError(f"stopped after {cfg.max_bad_steps} consecutive non-finite steps at step "
-                           f"{state['global_step']}; last good checkpoint: {checkpoint_path}")
+                           f"{state['global_step']}; {kept}")
     if dist_info.main:
         final_epoch = state["global_step"] // plan.steps_per_epoch
         prompt.save(out_dir / "prompt.safetensors", **meta, epochs=final_epoch, steps=state["global_step"])

@@ -112,3 +112,17 @@ def test_convert_cli_round_trip(backbone, tmp_path):
 
 def test_public_api_names():
     assert callable(pomp.load_backbone) and hasattr(pomp.Prompt, "init") and callable(pomp.loss.local_contrast_loss)
+
+
+def test_length_buckets_give_the_same_features_and_gradient(backbone):
+    names = NAMES + ["ox", "a b c d e f g h i j k l m n o p q"]
+    grads, feats = [], []
+    for buckets in (1, 3):
+        prompt = Prompt.init(backbone, n_ctx=4, seed=4)
+        vocab = prompt.tokenize_classes(backbone, names)
+        f = prompt(backbone, vocab, torch.tensor([5, 0, 3, 1, 4, 2]), length_buckets=buckets)
+        (f * torch.arange(f.numel()).view_as(f)).sum().backward()
+        feats.append(f.detach())
+        grads.append(prompt.ctx.grad)
+    torch.testing.assert_close(feats[1], feats[0], atol=2e-6, rtol=0)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * float(grads[0].abs().max()), rtol=1e-4)

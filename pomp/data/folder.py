@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pomp.io import atomic_write_json, read_json
@@ -43,16 +43,26 @@ class LabelledImages:
 
 
 # --- class names -------------------------------------------------------------------------------
+def _read_text(path: Path, what: str) -> str:
+    """UTF-8 text (a leading BOM is dropped); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {what} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
+
+
 def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, str]:
     """Read `folder<TAB>name` lines (also `folder name words...`): folder -> class name.
 
     With `first_synonym`, a WordNet lemma list such as "tabby, tabby cat" keeps "tabby".
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: names file not found")
     mapping: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path, "names file").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t", 1) if "\t" in line else line.strip().split(None, 1)
@@ -63,6 +73,8 @@ def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, s
             name = name.split(",")[0].strip()
         if key in mapping:
             raise ValueError(f"{path}:{number}: folder {key!r} is listed twice")
+        if not key or not clean_classname(name):
+            raise ValueError(f"{path}:{number}: empty folder or class name in {line!r}")
         mapping[key] = clean_classname(name)
     if not mapping:
         raise ValueError(f"{path}: names file is empty")
@@ -72,14 +84,15 @@ def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, s
 def read_class_list(path: str | Path) -> list[str]:
     """A vocabulary file: one class name per line (a names file's second column also works)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: class list not found")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in _read_text(path, "class list").splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"{path}: class list is empty")
     if all("\t" in ln for ln in lines):
         return list(read_names_file(path, first_synonym=False).values())
-    return [clean_classname(ln) for ln in lines]
+    names = [clean_classname(ln) for ln in lines]
+    if not all(names):
+        raise ValueError(f"{path}: the class list line {lines[names.index('')]!r} holds no class name")
+    return names
 
 
 # --- class folders -----------------------------------------------------------------------------
@@ -145,6 +158,8 @@ def read_split_file(path: str | Path, split: str, image_root: str | Path | None 
             label, name = entry[1], clean_classname(entry[2])
             if label < 0:
                 raise ValueError(f"{path}: negative label {label} in entry {entry!r}")
+            if not name:
+                raise ValueError(f"{path}: empty class name in entry {entry!r}")
             if names.setdefault(label, name) != name:
                 raise ValueError(f"{path}: label {label} is named both {names[label]!r} and {name!r}")
     if sorted(names) != list(range(len(names))):
@@ -152,12 +167,19 @@ def read_split_file(path: str | Path, split: str, image_root: str | Path | None 
     samples = [(rel, label) for rel, label, _ in data[split]]
     if not samples:
         raise ValueError(f"{path}: split {split!r} is empty")
-    missing = [rel for rel, _ in samples if not (root / rel).is_file()]
+    missing = [rel for rel, _ in samples if not _is_file(root / rel)]
     if missing:
         raise FileNotFoundError(f"{path}: {len(missing)} of {len(samples)} {split!r} images missing under {root} "
                                 f"(e.g. {missing[0]!r})")
     classnames = [names[i] for i in range(len(names))]
     return LabelledImages(root, samples, classnames, path.stem)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
 
 
 def write_split_file(path: str | Path, splits: dict[str, LabelledImages]) -> Path:
@@ -208,6 +230,8 @@ def load_or_make_split(
     split_path = Path(split_path)
     if split_path.is_file():
         splits = {s: read_split_file(split_path, s, images.root) for s in read_json(split_path)}
+        if "train" not in splits:
+            raise ValueError(f"{split_path}: saved split has no 'train' split (has {sorted(splits)})")
         if splits["train"].classnames != images.classnames:
             raise ValueError(f"{split_path}: saved split's class list differs from the dataset's "
                              f"({len(splits['train'].classnames)} vs {len(images.classnames)} classes)")
@@ -225,7 +249,7 @@ def load_rgb(path: Path) -> Image.Image:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
+    except Exception as err:  # UnidentifiedImageError, OSError, DecompressionBombError, EOFError, struct.error...
         raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 

@@ -46,3 +46,15 @@ def classnames(which: str = "imagenet21k-p") -> list[str]:
 def names_mapping(which: str = "imagenet21k-p") -> dict[str, str]:
     """WordNet id -> first lemma, ordered as the list: a names mapping for `scan_class_folders`."""
     return dict(zip(synsets(which), classnames(which)))
+
+
+def resolve_names(spec: str | None) -> dict[str, str] | None:
+    """A `--names` value -> folder -> class name mapping: a built-in list name (`imagenet21k-p`, see LISTS)
+    or a names file (`folder<TAB>name` lines); None stays None (folder names become class names)."""
+    if not spec:
+        return None
+    if spec in LISTS:
+        return names_mapping(spec)
+    from pomp.data.folder import read_names_file
+
+    return read_names_file(spec)
