@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No pretrained weights loaded")
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError, KeyError) as err:  # OSError: FileNotFound, Permission, ENOSPC...
+    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
         if os.environ.get("POMP_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

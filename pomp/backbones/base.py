@@ -70,6 +70,17 @@ class Backbone(nn.Module, ABC):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Un-normalised image features `[B, embed_dim]` from preprocessed pixels."""
 
+    def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Un-normalised per-location features `[B, embed_dim, h, w]` in the joint space (optional).
+
+        A location is scored against class features exactly as a whole image is (cosine), which is
+        what training-free segmentation and RoI-pooled region classification (`pomp.dense`) need.
+        """
+        raise NotImplementedError(
+            f"backbone {type(self).__name__} ({self.name}) has no dense feature path, which segmentation and "
+            "RoI-pooled region classification need; crop-and-encode region classification works without one"
+        )
+
     @property
     @abstractmethod
     def image_spec(self) -> ImageSpec:

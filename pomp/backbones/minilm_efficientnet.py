@@ -430,12 +430,6 @@ class MiniLMEfficientNetBackbone(Backbone):
         """Globally average-pooled features `[B, 1280]`: what the EfficientNet classifier acts on."""
         return self.encode_dense_features(pixels).mean(dim=(2, 3))
 
-    def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The 1280-channel map before pooling `[B, 1280, H/32, W/32]`: already the space the ridge map
-        sends text into (its spatial mean is `encode_images`). Any input size works (fully convolutional)."""
-        model = self.image_model
-        return model.extract_features(pixels.to(model._conv_stem.weight.dtype))
-
     def classify_imagenet(self, pixels: torch.Tensor) -> torch.Tensor:
         """The EfficientNet's own ImageNet-1K logits (classifier head on `encode_images`)."""
         return self.image_model._fc(self.encode_images(pixels))
