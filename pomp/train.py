@@ -440,9 +440,6 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                               f"or choose another --out-dir")
     if dist_info.main:  # temporary files of a killed run: never outputs, removed before this run writes
         remove_stale_temp_files(out_dir)
-    if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
-
     train, val = load_training_data(cfg, out_dir) if dist_info.main else (None, None)
     dist_info.barrier()
     if not dist_info.main:  # every rank reads the split rank 0 wrote: the split is made once, never per rank
@@ -471,15 +468,14 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
         aug = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
         if not cfg.augment and cfg.views == 1:
             aug = backbone.eval_transform()
-        rank_dir = Path(cfg.feature_cache)
-        if dist_info.main:
-            cached = cached_image_features(rank_dir / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
-                                           extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
-                                           precision=cfg.precision, desc="train features", progress=cfg.progress)
-        dist_info.barrier()
-        if not dist_info.main:
-            cached = cached_image_features(rank_dir / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
-                                           extra_key={"seed": cfg.seed, "views": cfg.views})
+        for computing_rank in (True, False):  # rank 0 computes (or finds) the cache, then the others read it
+            if dist_info.main == computing_rank:
+                cached = cached_image_features(
+                    Path(cfg.feature_cache) / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
+                    extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
+                    precision=cfg.precision, desc="train features", progress=cfg.progress and dist_info.main)
+            if computing_rank:
+                dist_info.barrier()
     val_features = None
     if val is not None and cfg.validate and hasattr(val, "image_features"):  # shards: this rank's val shards
         vf = val.image_features(backbone, dist_info.rank, dist_info.world, cfg.num_workers, cfg.precision)
@@ -545,7 +541,7 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                 else:
                     optimizer.step()
                 consecutive_bad = 0
-            elif not grad_ok:
+            else:
                 state["bad_steps"] += 1
                 consecutive_bad += 1
                 warnings.warn(f"step {step}: non-finite loss or gradient (loss={float(loss):.4g}); step skipped",
@@ -560,7 +556,7 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
             bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", img_s=f"{n_img / max(elapsed, 1e-9):.0f}")
             if step % cfg.log_every == 0 or state["global_step"] == total_steps:
                 logger.log({"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
-                            "images_per_s": n_img / max(elapsed, 1e-9), "classes_encoded": None})
+                            "images_per_s": n_img / max(elapsed, 1e-9)})
             if consecutive_bad >= cfg.max_bad_steps:
                 stopped_early = True
                 break
