@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, load_test_set
 from pomp.data.folder import ImageDataset
-from pomp.evaluate import build_classifier, result_record, write_result
+from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
@@ -73,37 +72,6 @@ def backbone_slug(backbone: Backbone) -> str:
 
 
 @torch.no_grad()
-def chunked_zero_shot_metrics(
-    features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor, chunk_size: int = 8192
-) -> dict[str, float]:
-    """`pomp.evaluate.zero_shot_metrics` in chunks of images (522,500 x 10,450 scores never exist at once).
-
-    `features` `[M, D]` or `[M, V, D]` (views averaged, renormalised); may be a float16 memory map.
-    """
-    device = classifier.device
-    labels = labels.long()
-    top1, hit5 = [], []
-    for start in range(0, features.shape[0], chunk_size):
-        chunk = features[start : start + chunk_size].float()
-        if chunk.dim() == 3:
-            chunk = F.normalize(chunk.mean(dim=1), dim=-1)
-        scores = chunk.to(device) @ classifier.float().t()
-        topk = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu()
-        chunk_labels = labels[start : start + chunk_size]
-        top1.append(topk[:, 0] == chunk_labels)
-        hit5.append((topk == chunk_labels.unsqueeze(1)).any(dim=1))
-    correct1, correct5 = torch.cat(top1), torch.cat(hit5)
-    num_classes = max(classifier.shape[0], int(labels.max()) + 1)
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    right = torch.bincount(labels[correct1], minlength=num_classes).double()
-    present = counts > 0
-    return {
-        "acc1": float(correct1.double().mean()),
-        "acc5": float(correct5.double().mean()),
-        "mean_per_class_recall": float((right[present] / counts[present]).mean()),
-    }
-
-
 # --- the table -------------------------------------------------------------------------------------
 def table_columns(datasets: Sequence[str]) -> list[str]:
     """Dataset keys with each average column placed after the last of its datasets that is shown."""
@@ -237,7 +205,7 @@ def run_benchmark(
             cache_key = (label, tuple(images.classnames))
             if cache_key not in text_side:
                 text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
-            metrics = chunked_zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
+            metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,
                      "classes_without_images": images.skipped.get("classes_without_images", 0)}

@@ -61,24 +61,35 @@ def build_classifier(
     raise ValueError(f"unknown baseline {baseline!r}; choose 'single' or 'ensemble'")
 
 
-def zero_shot_metrics(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:
+def zero_shot_metrics(
+    image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor, chunk_size: int = 8192
+) -> dict[str, float]:
     """Top-1, top-5 (as fractions) and mean per-class recall of cosine-similarity classification.
 
-    `image_features` `[M, D]` (or `[M, V, D]`: views are averaged, then renormalised).
+    `image_features` `[M, D]` (or `[M, V, D]`: views are averaged, then renormalised); may be a
+    float16 memory map. Scored in chunks of images, so M x C scores never exist at once.
     """
-    if image_features.dim() == 3:
-        image_features = F.normalize(image_features.float().mean(dim=1), dim=-1)
-    scores = image_features.float().to(classifier.device) @ classifier.t()
-    labels = labels.to(scores.device)
-    topk = scores.topk(min(5, scores.shape[1]), dim=1).indices
-    correct1 = topk[:, 0] == labels
-    correct5 = (topk == labels.unsqueeze(1)).any(dim=1)
-    present = torch.unique(labels)
-    recalls = torch.stack([correct1[labels == c].float().mean() for c in present])
+    device = classifier.device
+    labels = labels.long().cpu()
+    top1, hit5 = [], []
+    for start in range(0, image_features.shape[0], chunk_size):
+        chunk = image_features[start : start + chunk_size].float()
+        if chunk.dim() == 3:
+            chunk = F.normalize(chunk.mean(dim=1), dim=-1)
+        scores = chunk.to(device) @ classifier.float().t()
+        topk = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu()
+        chunk_labels = labels[start : start + chunk_size]
+        top1.append(topk[:, 0] == chunk_labels)
+        hit5.append((topk == chunk_labels.unsqueeze(1)).any(dim=1))
+    correct1, correct5 = torch.cat(top1), torch.cat(hit5)
+    num_classes = max(classifier.shape[0], int(labels.max()) + 1)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    right = torch.bincount(labels[correct1], minlength=num_classes).double()
+    present = counts > 0
     return {
-        "acc1": float(correct1.float().mean()),
-        "acc5": float(correct5.float().mean()),
-        "mean_per_class_recall": float(recalls.mean()),
+        "acc1": float(correct1.double().mean()),
+        "acc5": float(correct5.double().mean()),
+        "mean_per_class_recall": float((right[present] / counts[present]).mean()),
     }
 
 
