@@ -96,12 +96,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | None):
-    from pomp.data.folder import read_names_file, read_split_file, scan_class_folders
+    from pomp.data.folder import read_split_file, scan_class_folders
+    from pomp.data.imagenet21k import resolve_names
 
     path = Path(spec)
     if path.suffix == ".json":
         return read_split_file(path, split, image_root)
-    return scan_class_folders(path, read_names_file(names) if names else None)
+    return scan_class_folders(path, resolve_names(names))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

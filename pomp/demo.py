@@ -14,7 +14,6 @@ numbers are not comparable to the paper's.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time

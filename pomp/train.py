@@ -38,13 +38,13 @@ from pomp.data.folder import (
     LabelledImages,
     collate_skipping,
     load_or_make_split,
-    read_names_file,
     read_split_file,
     scan_class_folders,
 )
+from pomp.data.imagenet21k import resolve_names
 from pomp.data.transforms import MultiView, train_transform
 from pomp.evaluate import zero_shot_metrics
-from pomp.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels
+from pomp.features import autocast_for, cached_image_features, encode_pixels
 from pomp.io import atomic_write, atomic_write_json, check_writable_dir, read_json, remove_stale_temp_files
 from pomp.loss import local_contrast_loss, sample_negatives
 from pomp.prompt import ClassTokens, Prompt
@@ -224,14 +224,7 @@ def load_training_data(cfg: PretrainConfig, out_dir: Path) -> tuple[LabelledImag
         return train, val
     if not cfg.train_root:
         raise ValueError("give --train-root (class folders) or --split-file")
-    names = None
-    if cfg.names == "imagenet21k-p":
-        from pomp.data.imagenet21k import names_mapping
-
-        names = names_mapping("imagenet21k-p")
-    elif cfg.names:
-        names = read_names_file(cfg.names)
-    images = scan_class_folders(cfg.train_root, names)
+    images = scan_class_folders(cfg.train_root, resolve_names(cfg.names))
     splits = load_or_make_split(out_dir / "split.json", images, cfg.shots,
                                 cfg.val_per_class if cfg.validate else 0, cfg.split_seed)
     return splits["train"], splits.get("val")

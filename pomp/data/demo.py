@@ -47,7 +47,6 @@ import json
 import os
 import pickle
 import random
-import re
 import shutil
 import struct
 import subprocess
