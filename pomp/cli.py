@@ -106,8 +106,6 @@ def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
     from pomp.evaluate import build_classifier, result_record, write_result, write_tables, zero_shot_metrics
@@ -122,8 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("give --prompt and/or --baseline single|ensemble")
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
     prompt = load_any(args.prompt) if args.prompt else None
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = load_backbone(args.backbone, args.pretrained, device=device)
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
+    device = backbone.device
     atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
     if prompt is not None:
         prompt.check_compatible(backbone)
@@ -154,8 +152,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import torch
-
     from pomp.backbones import load_backbone
     from pomp.benchmark import run_benchmark, suite_datasets
     from pomp.io import atomic_write_json, check_writable_dir
@@ -168,9 +164,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
     out_dir = check_writable_dir(args.out_dir)
     cache = Path(args.feature_cache) if args.feature_cache else Path(args.out_dir).resolve().parent / "feature_cache"
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     prompts = [(p, load_any(p)) for p in args.prompt]
-    backbone = load_backbone(args.backbone, args.pretrained, device=device)
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
+    device = backbone.device
     names = [Path(p).name for p, _ in prompts]
     classifiers = []
     for (path, prompt), name in zip(prompts, names):

@@ -19,9 +19,11 @@ def load_backbone(
         name_or_config: an open_clip model name (`ViT-B-16`) or the path of an open_clip
             model-config JSON; `hf:<folder or hub id>` for a transformers CLIP checkpoint.
         pretrained: open_clip pretrained tag (needs network) or a local checkpoint file.
-        device: `cpu`, `cuda`, `cuda:1`...
+        device: `cpu`, `cuda`, `cuda:1`..., or `auto` (CUDA when available, else CPU).
         precision: `fp32`, `fp16`, `bf16` (weights cast) or open_clip's `amp` variants.
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if name_or_config.startswith("hf:"):
         from pomp.backbones.hf_clip import load_hf_clip
 

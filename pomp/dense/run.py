@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir, read_json
 
 
@@ -78,9 +76,9 @@ def _setup(cfg, config_name: str):
     from pomp.backbones import load_backbone
 
     out_dir = check_writable_dir(cfg.out_dir)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     runs = _classifier_runs(cfg)
-    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
+    device = backbone.device
     for _, kwargs in runs:
         if "prompt" in kwargs:
             kwargs["prompt"].check_compatible(backbone)
