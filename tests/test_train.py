@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,16 @@ def test_feature_cache_training_runs(class_folders, tmp_path):
     assert meta["shape"][:2] == [24, 2]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes(class_folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "pomp.cli", "pretrain", "--backbone", str(REPO / "tests/assets/tiny-clip.json"),
            "--train-root", str(class_folders / "images"), "--names", str(class_folders / "names.txt"),
            "--shots", "4", "--val-per-class", "2", "--classes-per-step", "4", "--batch-size", "2", "--views", "2",
