@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.prompt import Prompt, clean_classname
+from pomp.ranking import class_scores, top_k_first_index
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -67,17 +68,20 @@ def zero_shot_metrics(
     """Top-1, top-5 (as fractions) and mean per-class recall of cosine-similarity classification.
 
     `image_features` `[M, D]` (or `[M, V, D]`: views are averaged, then renormalised); may be a
-    float16 memory map. Scored in chunks of images, so M x C scores never exist at once.
+    float16 memory map. Scored in chunks of images, so M x C scores never exist at once. Ties go to
+    the lowest class index, for top-1, top-5 and recall alike (`pomp.ranking`: the rule of Dassl's
+    evaluator and of argmax).
     """
     device = classifier.device
     labels = labels.long().cpu()
+    classifier = classifier.float()
     top1, hit5 = [], []
     for start in range(0, image_features.shape[0], chunk_size):
         chunk = image_features[start : start + chunk_size].float()
         if chunk.dim() == 3:
             chunk = F.normalize(chunk.mean(dim=1), dim=-1)
-        scores = chunk.to(device) @ classifier.float().t()
-        topk = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu()
+        scores = class_scores(chunk.to(device), classifier)
+        topk = top_k_first_index(scores, 5).cpu()
         chunk_labels = labels[start : start + chunk_size]
         top1.append(topk[:, 0] == chunk_labels)
         hit5.append((topk == chunk_labels.unsqueeze(1)).any(dim=1))

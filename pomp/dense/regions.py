@@ -29,6 +29,7 @@ from PIL import Image
 
 from pomp.backbones.base import Backbone
 from pomp.dense.segment import dense_transform
+from pomp.ranking import class_scores, top_k_first_index
 
 METHODS = ("roi", "crop")
 
@@ -109,7 +110,7 @@ def region_features(backbone: Backbone, image: Image.Image, boxes_xyxy: torch.Te
 
 def classify_regions(features: torch.Tensor, classifier: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """Class probabilities `[N, C]`: softmax over the vocabulary of logit_scale * cosine."""
-    cosines = F.normalize(features.float(), dim=-1) @ F.normalize(classifier.float().cpu(), dim=-1).t()
+    cosines = class_scores(F.normalize(features.float(), dim=-1), F.normalize(classifier.float().cpu(), dim=-1))
     return (logit_scale * cosines).softmax(dim=-1)
 
 
@@ -117,10 +118,11 @@ def region_detections(
     image_id: int, boxes_xywh: torch.Tensor, box_scores: torch.Tensor, probs: torch.Tensor,
     category_ids: Sequence[int], top_k: int = 5,
 ) -> list[dict]:
-    """COCO results: each box with its `top_k` classes, scored box score x class probability."""
+    """COCO results: each box with its `top_k` classes, scored box score x class probability; classes
+    with equal probability in the order of their index (`pomp.ranking`)."""
     out = []
-    k = min(top_k, probs.shape[1])
-    values, index = probs.topk(k, dim=1)
+    index = top_k_first_index(probs, top_k)
+    values = probs.gather(1, index)
     for box, box_score, vals, idx in zip(boxes_xywh.tolist(), box_scores.tolist(), values.tolist(), index.tolist()):
         for v, i in zip(vals, idx):
             out.append({"image_id": image_id, "category_id": int(category_ids[i]),
@@ -196,7 +198,7 @@ def detect(
         probs = classify_regions(feats, classifier, scale)
         detections += region_detections(image_id, boxes, scores, probs, cat_ids, top_k=top_k)
         if proposals is None:
-            top1 = [cat_ids[i] for i in probs.argmax(dim=1).tolist()]
+            top1 = [cat_ids[i] for i in top_k_first_index(probs, 1)[:, 0].tolist()]
             hits += sum(int(p == t) for p, t in zip(top1, truth[image_id]))
             total += len(top1)
     stats = {"num_boxes": total if proposals is None else sum(len(per_image[i][0]) for i in per_image),

@@ -2,7 +2,8 @@
 
     image --resize to size x size--> pixels --frozen image tower, dense path--> [D, h, w]
     per location: cosine with the [C, D] class features (from a prompt or a template) --> [C, h, w]
-    --bilinear upsampling to the image--> argmax --> label map (optional background threshold)
+    --bilinear upsampling to the image--> argmax (ties: lowest class index) --> label map
+    (optional background threshold)
 
 Data in the Pascal VOC layout:
 
@@ -28,6 +29,7 @@ from PIL import Image
 from pomp.backbones.base import Backbone, ImageSpec
 from pomp.dense.metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from pomp.io import atomic_write
+from pomp.ranking import argmax_first_index, class_scores
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -48,10 +50,13 @@ def dense_transform(spec: ImageSpec, size: int | None = None) -> Callable[[Image
 
 # --- scoring ------------------------------------------------------------------------------------
 def dense_cosines(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each location `[B, D, h, w]` with each class `[C, D]` -> `[B, C, h, w]`."""
+    """Cosine similarity of each location `[B, D, h, w]` with each class `[C, D]` -> `[B, C, h, w]`
+    (identical classes get identical maps: `pomp.ranking.class_scores`)."""
     features = F.normalize(features.float(), dim=1)
     classifier = F.normalize(classifier.float().to(features.device), dim=-1)
-    return torch.einsum("bdhw,cd->bchw", features, classifier)
+    b, d, h, w = features.shape
+    scores = class_scores(features.permute(0, 2, 3, 1).reshape(-1, d), classifier)
+    return scores.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -87,12 +92,14 @@ def predict_segmentation(
     for start in range(0, len(keep), class_chunk):
         ids = keep[start : start + class_chunk]
         up = F.interpolate(cosines[ids].unsqueeze(0), size=tuple(out_size), mode="bilinear", align_corners=False)[0]
-        value, arg = up.max(dim=0)
+        arg = argmax_first_index(up, dim=0)  # ties: the lowest class index (pomp.ranking)
+        value = up.gather(0, arg.unsqueeze(0))[0]
+        value = torch.where(torch.isnan(value), torch.full_like(value, float("-inf")), value)
         arg = ids[arg]
         if best is None:
             best, index = value, arg
         else:
-            better = value > best  # ties keep the earlier class, as argmax does
+            better = value > best  # strictly better only: a tie keeps the earlier chunk's lower index
             best, index = torch.where(better, value, best), torch.where(better, arg, index)
         if bg_threshold is not None:
             chunk_lse = torch.logsumexp(scale * up, dim=0)
