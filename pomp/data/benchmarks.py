@@ -7,7 +7,7 @@ one table of these facts; `expected_paths` says, per dataset, what must exist.
 
 | key | folder under DATA | images | test split / classes |
 |---|---|---|---|
-| imagenet | imagenet/ | images/val/<wnid>/ | 1,000 classes, CLIP's names (open_clip) |
+| imagenet | imagenet/ | images/val/<wnid>/ | 1,000 classes, CoOp's classnames.txt (else open_clip's) |
 | caltech101 | caltech-101/ | 101_ObjectCategories/ | split_zhou_Caltech101.json |
 | oxford_pets | oxford_pets/ | images/ | split_zhou_OxfordPets.json |
 | stanford_cars | stanford_cars/ | ./ (cars_test/...) | split_zhou_StanfordCars.json |
@@ -61,8 +61,10 @@ class DatasetLayout:
         "wnid_folders": `folder/images/<wnid>/...`, scored over the class list `classes`.
         "index_folders": `folder/images/<i>/...`, i the index into the ImageNet-1K class list.
     classes: which ImageNet class list (`imagenet1k`, `imagenet-a`, `imagenet-r`, `imagenet21k-p`).
-    names: where the class names come from (`clip` = open_clip's IMAGENET_CLASSNAMES, `lemma` =
-        first WordNet lemma as in pomp.data.imagenet21k); split files carry their own names.
+    names: where the class names come from (`clip` = CoOp's `classnames.txt` when present, see
+        `imagenet_names_file`, else open_clip's IMAGENET_CLASSNAMES; `lemma` = first WordNet lemma as in
+        pomp.data.imagenet21k); split files carry their own names.
+    coop_name: the dataset's name in CoOp's (and POMP's) code, e.g. for its hand-crafted template.
     """
 
     key: str
@@ -75,31 +77,41 @@ class DatasetLayout:
     names: str | None = None
     rename: dict[str, str] = field(default_factory=dict)
     source: str = COOP_DATASETS_MD
+    coop_name: str | None = None
 
 
 LAYOUTS: tuple[DatasetLayout, ...] = (
-    DatasetLayout("imagenet", "ImageNet", "wnid_folders", "imagenet", "images/val", classes="imagenet1k", names="clip"),
+    DatasetLayout("imagenet", "ImageNet", "wnid_folders", "imagenet", "images/val", classes="imagenet1k", names="clip",
+                  coop_name="ImageNet"),
     DatasetLayout("caltech101", "Caltech101", "split", "caltech-101", "101_ObjectCategories",
-                  "split_zhou_Caltech101.json"),
-    DatasetLayout("oxford_pets", "OxfordPets", "split", "oxford_pets", "images", "split_zhou_OxfordPets.json"),
-    DatasetLayout("stanford_cars", "StanfordCars", "split", "stanford_cars", ".", "split_zhou_StanfordCars.json"),
-    DatasetLayout("oxford_flowers", "Flowers102", "split", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
-    DatasetLayout("food101", "Food101", "split", "food-101", "images", "split_zhou_Food101.json"),
-    DatasetLayout("fgvc_aircraft", "FGVCAircraft", "aircraft", "fgvc_aircraft", "images", "images_variant_test.txt"),
-    DatasetLayout("sun397", "SUN397", "split", "sun397", "SUN397", "split_zhou_SUN397.json"),
-    DatasetLayout("dtd", "DTD", "split", "dtd", "images", "split_zhou_DescribableTextures.json"),
-    DatasetLayout("eurosat", "EuroSAT", "split", "eurosat", "2750", "split_zhou_EuroSAT.json", rename=EUROSAT_NAMES),
-    DatasetLayout("ucf101", "UCF101", "split", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
+                  "split_zhou_Caltech101.json", coop_name="Caltech101"),
+    DatasetLayout("oxford_pets", "OxfordPets", "split", "oxford_pets", "images", "split_zhou_OxfordPets.json",
+                  coop_name="OxfordPets"),
+    DatasetLayout("stanford_cars", "StanfordCars", "split", "stanford_cars", ".", "split_zhou_StanfordCars.json",
+                  coop_name="StanfordCars"),
+    DatasetLayout("oxford_flowers", "Flowers102", "split", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+                  coop_name="OxfordFlowers"),
+    DatasetLayout("food101", "Food101", "split", "food-101", "images", "split_zhou_Food101.json", coop_name="Food101"),
+    DatasetLayout("fgvc_aircraft", "FGVCAircraft", "aircraft", "fgvc_aircraft", "images", "images_variant_test.txt",
+                  coop_name="FGVCAircraft"),
+    DatasetLayout("sun397", "SUN397", "split", "sun397", "SUN397", "split_zhou_SUN397.json", coop_name="SUN397"),
+    DatasetLayout("dtd", "DTD", "split", "dtd", "images", "split_zhou_DescribableTextures.json",
+                  coop_name="DescribableTextures"),
+    DatasetLayout("eurosat", "EuroSAT", "split", "eurosat", "2750", "split_zhou_EuroSAT.json", rename=EUROSAT_NAMES,
+                  coop_name="EuroSAT"),
+    DatasetLayout("ucf101", "UCF101", "split", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
+                  coop_name="UCF101"),
     DatasetLayout("imagenetv2", "ImageNet-V2", "index_folders", "imagenetv2",
-                  "imagenetv2-matched-frequency-format-val", classes="imagenet1k", names="clip"),
+                  "imagenetv2-matched-frequency-format-val", classes="imagenet1k", names="clip",
+                  coop_name="ImageNetV2"),
     DatasetLayout("imagenet_sketch", "ImageNet-Sketch", "wnid_folders", "imagenet-sketch", "images",
-                  classes="imagenet1k", names="clip"),
+                  classes="imagenet1k", names="clip", coop_name="ImageNetSketch"),
     DatasetLayout("imagenet_a", "ImageNet-A", "wnid_folders", "imagenet-adversarial", "imagenet-a",
-                  classes="imagenet-a", names="clip"),
+                  classes="imagenet-a", names="clip", coop_name="ImageNetA"),
     DatasetLayout("imagenet_r", "ImageNet-R", "wnid_folders", "imagenet-rendition", "imagenet-r",
-                  classes="imagenet-r", names="clip"),
+                  classes="imagenet-r", names="clip", coop_name="ImageNetR"),
     DatasetLayout("imagenet21k_p", "ImageNet-21K-P", "wnid_folders", "imagenet21k_resized", "imagenet21k_val",
-                  classes="imagenet21k-p", names="lemma",
+                  classes="imagenet21k-p", names="lemma", coop_name="ImageNet21K",
                   source="POMP's datasets/imagenet21k.py (github.com/amazon-science/prompt-pretraining) and "
                          "Alibaba-MIIL/ImageNet21K processing_instructions.md (winter-21: 10,450 classes)"),
 )
@@ -135,18 +147,71 @@ def imagenet1k_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-def class_list(which: str, names: str = "clip") -> tuple[list[str], list[str]]:
-    """(wnids, names) of an ImageNet class list; `names="clip"` takes CLIP's ImageNet-1K names by wnid."""
-    from pomp.data import imagenet21k
+COOP_CLASSNAMES_FILE = "classnames.txt"
 
-    wnids = imagenet21k.synsets(which)
-    if names == "lemma":
-        return wnids, imagenet21k.classnames(which)
-    in1k = dict(zip(imagenet21k.synsets("imagenet1k"), imagenet1k_classnames()))
-    unknown = [w for w in wnids if w not in in1k]
+
+def imagenet_names_file(layout: DatasetLayout, data_root: str | Path) -> Path | None:
+    """CoOp's `classnames.txt` (`<wnid> <class name>` lines) for an ImageNet-family layout (`names="clip"`).
+
+    CoOp's readers (datasets/imagenet.py, imagenetv2.py, imagenet_sketch.py, imagenet_a.py,
+    imagenet_r.py) read the copy in the dataset's own folder, which DATASETS.md has copied from
+    `imagenet/classnames.txt`; that copy is used when present, else `imagenet/classnames.txt`.
+    None when there is neither (open_clip's built-in names are used).
+    """
+    if layout.names != "clip":
+        return None
+    root = Path(data_root)
+    for path in (root / layout.folder / COOP_CLASSNAMES_FILE, root / "imagenet" / COOP_CLASSNAMES_FILE):
+        if path.is_file():
+            return path
+    return None
+
+
+def class_list(layout: DatasetLayout, data_root: str | Path) -> tuple[list[str], list[str], str]:
+    """(wnids, names, where the names come from) of an ImageNet-family layout, in label order.
+
+    With a CoOp `classnames.txt` (`imagenet_names_file`) names are taken from it as CoOp does: by
+    wnid for class folders, and by line for ImageNet-V2's index folders (label i = line i). Without
+    it, CLIP's names from open_clip by wnid. ImageNet-21K-P: timm's synsets and first lemmas.
+    """
+    from pomp.data import imagenet21k
+    from pomp.data.folder import read_names_file
+
+    wnids = imagenet21k.synsets(layout.classes)
+    if layout.names == "lemma":
+        return wnids, imagenet21k.classnames(layout.classes), (
+            "timm imagenet21k_miil_w21_synsets.txt, first lemma of imagenet_synset_to_lemma.txt")
+    names_file = imagenet_names_file(layout, data_root)
+    if names_file is None:
+        mapping = dict(zip(imagenet21k.synsets("imagenet1k"), imagenet1k_classnames()))
+        root = Path(data_root)
+        source = (f"open_clip IMAGENET_CLASSNAMES (built-in; no {COOP_CLASSNAMES_FILE} in "
+                  f"{root / layout.folder} or {root / 'imagenet'})")
+    else:
+        mapping = read_names_file(names_file, first_synonym=False)
+        source = f"CoOp {COOP_CLASSNAMES_FILE}: {names_file}"
+        if layout.kind == "index_folders":  # CoOp's imagenetv2.py: label i is the i-th line's class
+            if sorted(mapping) != sorted(wnids):
+                raise ValueError(f"{names_file}: expected the {len(wnids)} ImageNet-1K synsets, one per line "
+                                 f"(found {len(mapping)} entries)")
+            return list(mapping), list(mapping.values()), source
+    unknown = [w for w in wnids if w not in mapping]
     if unknown:
-        raise ValueError(f"class list {which!r} has {len(unknown)} synsets outside ImageNet-1K (e.g. {unknown[0]})")
-    return wnids, [in1k[w] for w in wnids]
+        where = names_file if names_file is not None else "open_clip's ImageNet-1K names"
+        raise ValueError(f"{where}: no name for {len(unknown)} synsets of {layout.key} (e.g. {unknown[0]})")
+    return wnids, [mapping[w] for w in wnids], source
+
+
+def classnames_source(layout: DatasetLayout | str, data_root: str | Path) -> str:
+    """Where `load_test_set` takes a dataset's class names from (a file, or a built-in list), in words."""
+    layout = LAYOUT_BY_KEY[layout] if isinstance(layout, str) else layout
+    base = Path(data_root) / layout.folder
+    if layout.kind == "split":
+        renamed = " (renamed as CoOp's datasets/eurosat.py NEW_CNAMES)" if layout.rename else ""
+        return f"split file {base / layout.split_file}{renamed}"
+    if layout.kind == "aircraft":
+        return f"{base / 'variants.txt'}"
+    return class_list(layout, data_root)[2]
 
 
 # --- readers -------------------------------------------------------------------------------------
@@ -214,7 +279,7 @@ def load_test_set(layout: DatasetLayout | str, data_root: str | Path) -> Labelle
         return images
     if layout.kind == "aircraft":
         return read_aircraft(base, layout)
-    wnids, names = class_list(layout.classes, layout.names)
+    wnids, names, _ = class_list(layout, data_root)
     if layout.kind == "index_folders":
         return read_class_folders(image_root, {str(i): i for i in range(len(wnids))}, names, layout.key)
     if layout.kind == "wnid_folders":
