@@ -4,9 +4,11 @@
 chosen suites that is on disk under one data root (layouts: `pomp.data.benchmarks.LAYOUTS`);
 a dataset that is not there is skipped with one line saying where it was looked for.
 
-Per dataset and prompt it writes a clip_benchmark-shaped JSON; then one table (`benchmark.md`,
+Per dataset and prompt it writes a clip_benchmark-shaped JSON (with the class names' sha256 and
+source; the names themselves in `<dataset>__classnames.txt`); then one table (`benchmark.md`,
 `benchmark.csv`) with our top-1 accuracies, the paper's rows for CLIP / CoOp / CoCoOp / MaPLe /
-POMP (`pomp.paper_results`), the paper's averages, and our difference to the paper's POMP row.
+POMP (`pomp.paper_results`), the paper's averages, and our difference to the paper's POMP row
+(and, for `baseline:dataset`, the same protocol as the paper's CLIP row, to that row).
 
 Image features of each test set are cached per backbone (`<cache>/<backbone-slug>/<dataset>`,
 keyed by model, preprocessing and samples), so scoring another prompt costs only the text side.
@@ -26,9 +28,10 @@ from typing import Callable, Sequence
 import torch
 
 from pomp.backbones.base import Backbone
-from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, load_test_set
+from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.folder import ImageDataset
-from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
+from pomp.evaluate import (baseline_templates, build_classifier, classnames_record, result_record, write_classnames,
+                           write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
@@ -40,6 +43,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "imagenet21k": ("imagenet21k_p",),
 }
 SUITE_CHOICES = (*SUITES, "all")
+# our rows that score the same protocol as a paper row: CoOp's zero-shot CLIP uses one hand-crafted
+# template per dataset (pomp.evaluate.DATASET_TEMPLATES)
+LIKE_FOR_LIKE = {"baseline:dataset": "CLIP"}
 
 
 def suite_datasets(suites: Sequence[str], only: Sequence[str] | None = None) -> list[str]:
@@ -93,7 +99,9 @@ def benchmark_rows(
     """Rows `(kind, label, values)` over `table_columns(datasets)`: kind is "ours", "paper" or "delta".
 
     Our averages follow the paper: the plain mean over all datasets of a group, and only when
-    every one of them was scored. Paper rows carry the paper's own averages.
+    every one of them was scored. Paper rows carry the paper's own averages. Deltas: each prompt
+    minus the paper's POMP row, and `baseline:dataset` (CLIP's per-dataset templates) minus the
+    paper's CLIP row, the same protocol; the other baselines have no paper row to compare with.
     """
     columns = table_columns(datasets)
     ours: dict[str, dict[str, float]] = {}
@@ -104,13 +112,14 @@ def benchmark_rows(
             values[group] = group_average(values, group)
     rows = [("ours", label, [values.get(c) for c in columns]) for label, values in ours.items()]
     rows += [("paper", f"paper: {m}", [PAPER_RESULTS[m].get(c) for c in columns]) for m in METHODS]
-    reference = PAPER_RESULTS[REFERENCE]
     for label, values in ours.items():
-        if label.startswith("baseline:"):
+        method = LIKE_FOR_LIKE.get(label, None if label.startswith("baseline:") else REFERENCE)
+        if method is None:
             continue
+        reference = PAPER_RESULTS[method]
         delta = [values[c] - reference[c] if values.get(c) is not None and reference.get(c) is not None else None
                  for c in columns]
-        rows.append(("delta", f"{label} - paper {REFERENCE}", delta))
+        rows.append(("delta", f"{label} - paper {method}", delta))
     return rows
 
 
@@ -201,14 +210,26 @@ def run_benchmark(
             run.failed[key] = message
             log(f"error   {key}: {message}")
             continue
+        names_file = write_classnames(out_dir / f"{key}__classnames.txt", images.classnames)
+        vocabulary = classnames_record(images.classnames, classnames_source(key, data_root), names_file.name)
         for label, kwargs in classifiers:
-            cache_key = (label, tuple(images.classnames))
+            baseline = kwargs.get("baseline")
+            templates, template_source = baseline_templates(baseline, key) if baseline else (None, None)
+            if baseline == "dataset":
+                kwargs = {**kwargs, "dataset": key}
+                if template_source.startswith("fallback"):
+                    log(f"note    {key}: {label}: {template_source}")
+            cache_key = (label, tuple(templates or ()), tuple(images.classnames))
             if cache_key not in text_side:
                 text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
             metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,
-                     "classes_without_images": images.skipped.get("classes_without_images", 0)}
+                     "classes_without_images": images.skipped.get("classes_without_images", 0),
+                     "classnames": vocabulary}
+            if baseline:
+                extra.update({"templates": templates if len(templates) == 1 else f"{len(templates)} templates",
+                              "templates_source": template_source})
             record = result_record(key, backbone, metrics, label, extra)
             write_result(out_dir / f"{key}__{_safe(label)}.json", record)
             run.records.append(record)

@@ -105,10 +105,18 @@ def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | 
     return scan_class_folders(path, resolve_names(names))
 
 
+def _names_source(spec: str, names: str | None) -> str:
+    """Where `_load_eval_data` takes class names from, in words (for the result files)."""
+    if Path(spec).suffix == ".json":
+        return f"split file {spec}"
+    return f"names {names}" if names else f"folder names under {spec}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import build_classifier, result_record, write_result, write_tables, zero_shot_metrics
+    from pomp.evaluate import (baseline_templates, build_classifier, classnames_record, result_record,
+                               write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
     from pomp.io import atomic_write_json, check_writable_dir
     from pomp.prompt import load_any
@@ -117,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.feature_cache:
         check_writable_dir(args.feature_cache)
     if not args.prompt and not args.baseline:
-        raise ValueError("give --prompt and/or --baseline single|ensemble")
+        raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
     prompt = load_any(args.prompt) if args.prompt else None
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
@@ -127,19 +135,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompt.check_compatible(backbone)
         prompt.to(device)
     records = []
-    for images in datasets:
+    for spec, images in zip(args.data, datasets):
         cache = Path(args.feature_cache) / images.name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
                                       desc=f"{images.name} features")
         runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
-        runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
+        runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
+        names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
+        vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
         for label, kwargs in runs:
             classifier = build_classifier(backbone, images.classnames, **kwargs)
             metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
-            record = result_record(images.name, backbone, metrics, label,
-                                   {"num_classes": len(images.classnames), "num_images": len(feats),
-                                    "skipped_images": feats.skipped})
+            extra = {"num_classes": len(images.classnames), "num_images": len(feats),
+                     "skipped_images": feats.skipped, "classnames": vocabulary}
+            if "baseline" in kwargs:
+                templates, source = baseline_templates(kwargs["baseline"], images.name)
+                extra.update({"templates": templates if len(templates) == 1 else f"{len(templates)} templates",
+                              "templates_source": source})
+                if source.startswith("fallback"):
+                    print(f"note: {images.name}: {label}: {source}")
+            record = result_record(images.name, backbone, metrics, label, extra)
             safe = label.replace(":", "_").replace("/", "_")
             write_result(out_dir / f"{images.name}__{safe}.json", record)
             records.append(record)
@@ -158,7 +174,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from pomp.prompt import load_any
 
     if not args.prompt and not args.baseline:
-        raise ValueError("give --prompt and/or --baseline single|ensemble")
+        raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
     datasets = suite_datasets(args.suite or ["all"], args.datasets.split(",") if args.datasets else None)
     if not datasets:
         raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
@@ -254,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
     p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
     p.add_argument("--prompt", default=None, help="a pomp prompt (.safetensors/.json/dir) or an official .pth.tar")
-    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
-                   help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates "
-                        "(repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble", "dataset"],
+                   help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates, "
+                        "'dataset' = CLIP's template for the dataset as CoOp uses it (known from a CoOp split file's "
+                        "name, e.g. split_zhou_OxfordPets.json; else \"a photo of a {}.\") (repeatable)")
     p.add_argument("--data", action="append", required=True,
                    help="a class-folder root, or a CoOp-format split JSON (repeatable)")
     p.add_argument("--split", default="test", help="split to read from split JSON files")
@@ -280,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="folder holding the datasets (imagenet/, caltech-101/, ...)")
     p.add_argument("--datasets", default=None, help="only these dataset keys, comma-separated (e.g. dtd,eurosat)")
     p.add_argument("--prompt", action="append", default=[], help="a pomp prompt or official .pth.tar (repeatable)")
-    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
-                   help="hand-crafted baseline: 'single' or 'ensemble' (CLIP's 80 templates) (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble", "dataset"],
+                   help="hand-crafted baseline: 'single' (\"a photo of a {}.\"), 'ensemble' (CLIP's 80 templates) or "
+                        "'dataset' (CLIP's per-dataset template as CoOp uses it: the paper's CLIP row) (repeatable)")
     p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
     p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
     p.add_argument("--out-dir", default="runs/benchmark", help="where result files go")

@@ -8,7 +8,9 @@ similarity. Results per dataset follow clip_benchmark's JSON shape; a table acro
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
@@ -49,17 +51,109 @@ def template_classifier(
     return F.normalize(feats, dim=-1)
 
 
-def build_classifier(
-    backbone: Backbone, classnames: Sequence[str], prompt: Prompt | None = None, baseline: str | None = None
-) -> torch.Tensor:
-    """A classifier from a prompt, or from `baseline` = "single" ("a photo of a {}.") or "ensemble" (80 templates)."""
-    if prompt is not None:
-        return prompt_classifier(prompt, backbone, classnames)
+# --- hand-crafted baselines ----------------------------------------------------------------------
+BASELINES = ("single", "ensemble", "dataset")
+
+# CLIP's hand-crafted prompt per dataset, the one CoOp's zero-shot CLIP (`ZeroshotCLIP`) scores with:
+# CUSTOM_TEMPLATES of CoOp's trainers/zsclip.py (github.com/KaiyangZhou/CoOp), keyed by CoOp's dataset
+# names. POMP's copy of that file (github.com/amazon-science/prompt-pretraining) adds "ImageNet21K".
+# These give the "CLIP" rows of the CoOp/CoCoOp/POMP tables, so `baseline:dataset` is that row.
+DATASET_TEMPLATES: dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+    "ImageNet21K": "a photo of a {}.",  # POMP's trainers/zsclip.py only
+}
+
+
+def coop_dataset_name(dataset: str | None) -> str | None:
+    """CoOp's name of a dataset given as a pomp benchmark key ("oxford_pets"), as CoOp's name
+    ("OxfordPets") or as a CoOp split file's stem ("split_zhou_OxfordPets"); None for any other."""
+    from pomp.data.benchmarks import LAYOUT_BY_KEY
+
+    if not dataset:
+        return None
+    if dataset in LAYOUT_BY_KEY:
+        return LAYOUT_BY_KEY[dataset].coop_name
+    name = dataset.removeprefix("split_zhou_")
+    return name if name in DATASET_TEMPLATES else None
+
+
+def baseline_templates(baseline: str, dataset: str | None = None) -> tuple[list[str], str]:
+    """(templates, where they come from) of a hand-crafted baseline.
+
+    "single": "a photo of a {}." on every dataset; "ensemble": CLIP's 80 ImageNet templates;
+    "dataset": the template of `dataset` in `DATASET_TEMPLATES` (CLIP's zero-shot protocol as CoOp
+    runs it), or "a photo of a {}." for a dataset with no entry, with the source saying so.
+    """
     if baseline == "single":
-        return template_classifier(backbone, classnames, [SINGLE_TEMPLATE])
+        return [SINGLE_TEMPLATE], "pomp: one template on every dataset"
     if baseline == "ensemble":
-        return template_classifier(backbone, classnames, imagenet_templates())
-    raise ValueError(f"unknown baseline {baseline!r}; choose 'single' or 'ensemble'")
+        return imagenet_templates(), "CLIP's 80 ImageNet templates (open_clip OPENAI_IMAGENET_TEMPLATES)"
+    if baseline == "dataset":
+        coop = coop_dataset_name(dataset)
+        if coop is None:
+            return [SINGLE_TEMPLATE], f"fallback: no CoOp template for dataset {dataset!r}, {SINGLE_TEMPLATE!r} used"
+        origin = "POMP" if coop == "ImageNet21K" else "CoOp"
+        return [DATASET_TEMPLATES[coop]], f"{origin} trainers/zsclip.py CUSTOM_TEMPLATES[{coop!r}]"
+    raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+
+
+def build_classifier(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    prompt: Prompt | None = None,
+    baseline: str | None = None,
+    dataset: str | None = None,
+) -> torch.Tensor:
+    """`[C, D]` classifier from a prompt, or from a hand-crafted `baseline` (see `baseline_templates`;
+    "dataset" needs `dataset`, the benchmark key or data name the classes belong to).
+
+    Each distinct name (after `clean_classname`) is encoded once and its features shared by every
+    class carrying it, so repeated names get identical rows and tie exactly (`pomp.ranking`).
+    """
+    names = [clean_classname(c) for c in classnames]
+    distinct = list(dict.fromkeys(names))
+    if prompt is not None:
+        features = prompt_classifier(prompt, backbone, distinct)
+    else:
+        features = template_classifier(backbone, distinct, baseline_templates(baseline, dataset)[0])
+    if len(distinct) == len(names):
+        return features
+    row = {name: i for i, name in enumerate(distinct)}
+    return features[torch.tensor([row[name] for name in names], device=features.device)]
+
+
+# --- the vocabulary a result was scored against ----------------------------------------------------
+def classnames_text(classnames: Sequence[str]) -> str:
+    """The class names as they are scored (`clean_classname`, Unicode NFC), one per line, each line
+    ending in a newline: the text `classnames_record`'s sha256 is taken of (UTF-8)."""
+    return "".join(unicodedata.normalize("NFC", clean_classname(c)) + "\n" for c in classnames)
+
+
+def classnames_record(classnames: Sequence[str], source: str, file: str | None = None) -> dict:
+    """`{"count", "sha256", "source"[, "file"]}`: two results with the same sha256 scored the same names
+    in the same order. `file`: a sidecar holding `classnames_text` (so `sha256sum FILE` gives the hash)."""
+    digest = hashlib.sha256(classnames_text(classnames).encode("utf-8")).hexdigest()
+    record = {"count": len(classnames), "sha256": digest, "source": source}
+    return {**record, "file": file} if file else record
+
+
+def write_classnames(path: str | Path, classnames: Sequence[str]) -> Path:
+    """The sidecar of `classnames_record`: `classnames_text`, written atomically."""
+    return atomic_write_text(path, classnames_text(classnames))
 
 
 def zero_shot_metrics(

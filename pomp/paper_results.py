@@ -5,6 +5,11 @@ gives is stored: the cross-dataset table for all five methods, the domain-genera
 ImageNet-21K numbers for CLIP and POMP. Missing entries (e.g. the ImageNet source column,
 CoOp/CoCoOp/MaPLe under domain shift) are absent, and show as empty cells.
 
+The "CLIP" row is zero-shot CLIP with one hand-crafted template per dataset, as CoOp's
+`ZeroshotCLIP` (trainers/zsclip.py CUSTOM_TEMPLATES) scores it: pomp's `baseline:dataset`
+(`pomp.evaluate.DATASET_TEMPLATES`). `baseline:single` ("a photo of a {}." everywhere) equals it only
+where that is the dataset's template (Caltech101, StanfordCars, SUN397 and the ImageNets).
+
 Averages are the paper's own (`xd_avg`, `dg_avg`): the plain mean over the 10 cross-dataset
 targets (ImageNet, the source, excluded) and over the 4 ImageNet variants. The paper averaged
 unrounded accuracies, so the mean of the rounded entries may differ from its average by up to
