@@ -1,4 +1,5 @@
-"""`pomp data split`, `pomp data shard` and `pomp features`: the steps run once before a large launch.
+"""`pomp data split`, `pomp data shard` and `pomp features`: the steps run once before a large launch
+(and `pomp data check-names`: pomp's ImageNet-21K-P names against MIIL's tree, which POMP names by).
 
     pomp data split --train-root IN21K-P/train --names imagenet21k-p --shots 16 --val-per-class 50 --out split.json
     pomp data shard --split-file split.json --image-root IN21K-P/train --out-dir shards/   (train and val shards)
@@ -57,6 +58,24 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check_names(args: argparse.Namespace) -> int:
+    from pomp.data.imagenet21k import resolve_names
+    from pomp.data.miil_tree import compare_with_tree, differences_table, read_miil_tree, summary_line
+    from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir
+
+    tree = read_miil_tree(args.tree)
+    names = resolve_names(args.names)
+    if not names:
+        raise ValueError("--names: give a class list (e.g. imagenet21k-p) or a names file")
+    report = {"tree": str(args.tree), "names": args.names, **compare_with_tree(names, tree)}
+    out = check_writable_dir(args.out_dir)
+    json_path = atomic_write_json(out / "names_check.json", report)
+    tsv_path = atomic_write_text(out / "names_check.tsv", differences_table(report))
+    print(f"check-names: {summary_line(report)}")
+    print(f"  {json_path}\n  {tsv_path}")
+    return 0
+
+
 def cmd_features(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.cli import _load_eval_data
@@ -102,7 +121,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Register `data` (split, shard) and `features` on the `pomp` sub-command parser."""
-    p = sub.add_parser("data", help="prepare data once before launch: k-shot split files, webdataset shards")
+    p = sub.add_parser("data", help="prepare data once before launch: k-shot split files, webdataset shards, "
+                                    "name checks")
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     q = data.add_parser("split", help="k-shot train split + val split of class folders (CoOp-format JSON)",
@@ -137,6 +157,18 @@ def add_parsers(sub) -> None:
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     q.set_defaults(func=cmd_data_shard)
 
+    q = data.add_parser("check-names", help="compare class names with MIIL's imagenet21k_miil_tree.pth (POMP's)",
+                        description="POMP names its ImageNet-21K-P classes by class_description in Alibaba-MIIL's "
+                                    "imagenet21k_miil_tree.pth; pomp by timm's first WordNet lemma. Compare the two "
+                                    "for every synset of --names and write OUT_DIR/names_check.json (counts and "
+                                    "every difference) and OUT_DIR/names_check.tsv (the differences). The tree is "
+                                    "read weights-only: no code in it runs.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--tree", required=True, help="path to imagenet21k_miil_tree.pth (winter-21)")
+    q.add_argument("--names", default="imagenet21k-p", help=NAMES_HELP)
+    q.add_argument("--out-dir", required=True, help="where names_check.json / names_check.tsv go")
+    q.set_defaults(func=cmd_data_check_names)
+
     p = sub.add_parser("features", help="image features into a cache, split across ranks under torchrun",
                        description="Compute image-tower features once into the cache format `pomp eval "
                                    "--feature-cache` and `pomp pretrain --feature-cache` read (same key, so they "
@@ -168,4 +200,4 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_features)
 
 
-__all__ = ["add_parsers", "cmd_data_shard", "cmd_data_split", "cmd_features"]
+__all__ = ["add_parsers", "cmd_data_check_names", "cmd_data_shard", "cmd_data_split", "cmd_features"]
