@@ -30,7 +30,7 @@ import torch
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.folder import ImageDataset
-from pomp.evaluate import (baseline_templates, build_classifier, classnames_record, result_record, write_classnames,
+from pomp.evaluate import (baseline_record, build_classifier, classnames_record, result_record, write_classnames,
                            write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
@@ -214,22 +214,19 @@ def run_benchmark(
         vocabulary = classnames_record(images.classnames, classnames_source(key, data_root), names_file.name)
         for label, kwargs in classifiers:
             baseline = kwargs.get("baseline")
-            templates, template_source = baseline_templates(baseline, key) if baseline else (None, None)
+            templates = baseline_record(baseline, key) if baseline else {}
             if baseline == "dataset":
                 kwargs = {**kwargs, "dataset": key}
-                if template_source.startswith("fallback"):
-                    log(f"note    {key}: {label}: {template_source}")
-            cache_key = (label, tuple(templates or ()), tuple(images.classnames))
+                if templates["templates_source"].startswith("fallback"):
+                    log(f"note    {key}: {label}: {templates['templates_source']}")
+            cache_key = (label, tuple(templates.get("templates", ())), tuple(images.classnames))
             if cache_key not in text_side:
                 text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
             metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,
                      "classes_without_images": images.skipped.get("classes_without_images", 0),
-                     "classnames": vocabulary}
-            if baseline:
-                extra.update({"templates": templates if len(templates) == 1 else f"{len(templates)} templates",
-                              "templates_source": template_source})
+                     "classnames": vocabulary, **templates}
             record = result_record(key, backbone, metrics, label, extra)
             write_result(out_dir / f"{key}__{_safe(label)}.json", record)
             run.records.append(record)

@@ -115,7 +115,7 @@ def _names_source(spec: str, names: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import (baseline_templates, build_classifier, classnames_record, result_record,
+    from pomp.evaluate import (baseline_record, build_classifier, classnames_record, result_record,
                                write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
     from pomp.io import atomic_write_json, check_writable_dir
@@ -150,11 +150,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
                      "skipped_images": feats.skipped, "classnames": vocabulary}
             if "baseline" in kwargs:
-                templates, source = baseline_templates(kwargs["baseline"], images.name)
-                extra.update({"templates": templates if len(templates) == 1 else f"{len(templates)} templates",
-                              "templates_source": source})
-                if source.startswith("fallback"):
-                    print(f"note: {images.name}: {label}: {source}")
+                extra.update(baseline_record(kwargs["baseline"], images.name))
+                if extra["templates_source"].startswith("fallback"):
+                    print(f"note: {images.name}: {label}: {extra['templates_source']}")
             record = result_record(images.name, backbone, metrics, label, extra)
             safe = label.replace(":", "_").replace("/", "_")
             write_result(out_dir / f"{images.name}__{safe}.json", record)

@@ -111,6 +111,12 @@ def baseline_templates(baseline: str, dataset: str | None = None) -> tuple[list[
     raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
 
 
+def baseline_record(baseline: str, dataset: str | None = None) -> dict:
+    """`{"templates", "templates_source"}` of a baseline on a dataset, for its result file."""
+    templates, source = baseline_templates(baseline, dataset)
+    return {"templates": templates, "templates_source": source}
+
+
 def build_classifier(
     backbone: Backbone,
     classnames: Sequence[str],

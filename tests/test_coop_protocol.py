@@ -422,13 +422,15 @@ def test_eval_dataset_baseline_falls_back_and_says_so(backbone, class_folders, t
 
     out = tmp_path / "eval"
     assert main(["eval", "--data", str(class_folders / "images"), "--names", str(class_folders / "names.txt"),
-                 "--baseline", "dataset", "--baseline", "single", "--backbone", tiny_config, "--out-dir", str(out),
-                 "--num-workers", "0"]) == 0
+                 "--baseline", "dataset", "--baseline", "single", "--baseline", "ensemble", "--backbone", tiny_config,
+                 "--out-dir", str(out), "--num-workers", "0"]) == 0
     assert "note: images: baseline:dataset: fallback: no CoOp template for dataset 'images'" in capsys.readouterr().out
     fallback = json.loads((out / "images__baseline_dataset.json").read_text())
     single = json.loads((out / "images__baseline_single.json").read_text())
     assert fallback["templates"] == ["a photo of a {}."] and fallback["templates_source"].startswith("fallback")
     assert fallback["metrics"] == single["metrics"]
+    ensemble = json.loads((out / "images__baseline_ensemble.json").read_text())
+    assert len(ensemble["templates"]) == 80 and ensemble["templates"][0] == "a bad photo of a {}."
     assert fallback["classnames"]["source"] == f"names {class_folders / 'names.txt'}"
 
 
