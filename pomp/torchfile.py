@@ -52,6 +52,10 @@ _STORAGE_DTYPES = {
 }
 
 
+# torch dtypes by attribute name (`torch.float16`...), looked up in a fixed table: never `getattr(torch, <file's name>)`
+_DTYPES = {name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+
+
 class Opaque:
     """An object a file asked for and did not get: the name it stood for and the data it carried.
 
@@ -141,8 +145,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]
         target = f"{module}.{name}"
         if target not in self._placeholders:
             self._placeholders[target] = type("Opaque", (Opaque,), {"target": target})

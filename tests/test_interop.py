@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, PolynomialL
 from pomp.cli import main
 from pomp.interop import convert_prompt, load_any, load_official, load_zsseg, save_official, save_zsseg
 from pomp.prompt import Prompt
+from pomp.torchfile import Opaque, read_torch_file
 
 TEXT_WIDTH = 48  # tiny-clip.json
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +195,12 @@ def test_official_layout_with_payload_is_read_and_its_code_never_runs(tmp_path, 
     torch.load(proof, weights_only=False)["payload"].close()  # the payload is live: an unsafe load runs it
     assert marker.exists()
     marker.unlink()
+
+    tree = read_torch_file(path)  # what the restricted unpickler made of the objects: inert stand-ins
+    successor, payload = tree["scheduler"]["successor"], tree["payload"]
+    assert isinstance(successor, Opaque) and successor.target == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert successor.state["T_max"] == 5 and isinstance(payload, Opaque) and payload.target == "io.open"
+    assert tree["optimizer"]["param_groups"][0]["lr"] == 0.002 and tree["val_result"] is None
 
     prompt = load_official(path)
     assert prompt.ctx.dtype == torch.float32 and prompt.ctx.shape == (4, 512)

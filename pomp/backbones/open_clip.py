@@ -6,13 +6,14 @@ import json
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, TextTransformer, text_global_pool
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransformer, text_global_pool
 from torch import nn
 
 from pomp.backbones.base import Backbone, ImageSpec
@@ -286,10 +287,6 @@ PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16", "amp", "amp_bf16
 QUICKGELU_SUFFIX = "-quickgelu"
 
 
-def _activation(quick_gelu: bool) -> str:
-    return "quick_gelu" if quick_gelu else "gelu"
-
-
 def _other_activation_hint(name_or_config: str, model_name: str, quick_gelu: bool) -> str:
     """How to ask for the other activation: the `-quickgelu` twin of a built-in name, or the config key."""
     if name_or_config != model_name:  # a model-config JSON
@@ -344,6 +341,51 @@ def _load_torchscript_weights(model: torch.nn.Module, path: str, model_name: str
     model.load_state_dict({k: tensors[k] for k in expected}, strict=True)
 
 
+@dataclass
+class _WeightsPlan:
+    """How to build and fill a model: the activation resolved for its weights, and where they come from."""
+
+    quick_gelu: bool
+    weights: dict
+    tag_cfg: dict = field(default_factory=dict)  # open_clip's pretrained config of the tag (or matched release)
+    torchscript: bool = False
+    notice: str | None = None  # said once the weights have loaded
+
+
+def _plan_weights(name_or_config: str, model_name: str, pretrained: str | None) -> _WeightsPlan:
+    """Resolve the activation weights need (see `load_open_clip`) and the weights' identity."""
+    quick_gelu = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if pretrained is None:
+        return _WeightsPlan(quick_gelu, {"random_init_seed": 0})
+    if not Path(pretrained).is_file():
+        if any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
+            raise FileNotFoundError(f"{pretrained}: checkpoint file not found")
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+        if not tag_cfg:
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+            raise ValueError(f"{pretrained!r}: neither a file nor a pretrained tag of {model_name} (tags: {known})")
+        return _WeightsPlan(bool(tag_cfg.get("quick_gelu", False)), {"tag": pretrained}, tag_cfg)
+    sha = sha256_of(pretrained)
+    torchscript = is_torchscript_archive(pretrained)
+    weights = {"file": Path(pretrained).name, "sha256": sha[:SHA_PREFIX],
+               "format": "torchscript" if torchscript else "state_dict"}
+    release = release_of_file(model_name, sha)
+    if release is not None:
+        weights["tag"], tag_cfg = release
+        return _WeightsPlan(bool(tag_cfg.get("quick_gelu", False)), weights, tag_cfg, torchscript)
+    if torchscript:  # OpenAI's CLIP, the only TorchScript release, was trained with QuickGELU
+        return _WeightsPlan(True, weights, torchscript=True)
+    notice = (f"{pretrained}: a state dict does not record its activation; assuming "
+              f"{'QuickGELU' if quick_gelu else 'GELU'} as {name_or_config} says "
+              f"({_other_activation_hint(name_or_config, model_name, quick_gelu)})")
+    return _WeightsPlan(quick_gelu, weights, notice=notice)
+
+
+def _built_activation(model: torch.nn.Module) -> str:
+    """The activation the built model's MLPs actually use."""
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
+
+
 def load_open_clip(
     name_or_config: str,
     pretrained: str | None = None,
@@ -359,7 +401,8 @@ def load_open_clip(
       does; its tensors are read without running its code (`pomp.torchfile`);
     - a local file whose sha256 matches a release's published checksum: that release's config;
     - any other local state dict: the model config's, with one warning saying which was assumed and
-      how to choose the other (e.g. `ViT-B-16-quickgelu`).
+      how to choose the other (e.g. `ViT-B-16-quickgelu`);
+    - `hf-hub:` / `local-dir:` names: the config stored with the weights (open_clip's).
     The result is recorded in `identity` (architecture, activation, weights: tag or file + sha256).
 
     Args:
@@ -376,63 +419,35 @@ def load_open_clip(
         raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
-    if model_name not in open_clip.list_models() and ":" not in model_name:
+    schema = ":" in model_name  # hf-hub: / local-dir: carry their own config and weights
+    if model_name not in open_clip.list_models() and not schema:
         raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing .json config)")
-    model_cfg = open_clip.get_model_config(model_name) or {}
-    quick_gelu = bool(model_cfg.get("quick_gelu", False))
-    architecture = model_name[: -len(QUICKGELU_SUFFIX)] if model_name.endswith(QUICKGELU_SUFFIX) else model_name
-    weights: dict = {"random_init_seed": 0}
-    notice = None  # said once the weights have loaded
-    tag_cfg: dict = {}
-    torchscript = False
-    if pretrained is not None:
-        is_file = Path(pretrained).is_file()
-        if not is_file and (any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in CHECKPOINT_SUFFIXES):
-            raise FileNotFoundError(f"{pretrained}: checkpoint file not found")
-        if is_file:
-            sha = sha256_of(pretrained)
-            torchscript = is_torchscript_archive(pretrained)
-            weights = {"file": Path(pretrained).name, "sha256": sha[:SHA_PREFIX],
-                       "format": "torchscript" if torchscript else "state_dict"}
-            release = release_of_file(model_name, sha)
-            if release is not None:
-                weights["tag"], tag_cfg = release
-                quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-            elif torchscript:
-                quick_gelu = True  # OpenAI's CLIP, the only TorchScript release, was trained with QuickGELU
-            else:
-                notice = (f"{pretrained}: a state dict does not record its activation; assuming "
-                          f"{'QuickGELU' if quick_gelu else 'GELU'} as {name_or_config} says "
-                          f"({_other_activation_hint(name_or_config, model_name, quick_gelu)})")
-        else:
-            tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-            if not tag_cfg:
-                known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-                raise ValueError(f"{pretrained!r}: neither a file nor a pretrained tag of {model_name} (tags: {known})")
-            weights = {"tag": pretrained}
-            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
-    load_with_open_clip = pretrained is not None and not Path(pretrained).is_file()  # a tag: open_clip downloads
+    if schema:
+        plan = _WeightsPlan(False, {"source": model_name})
+        overrides = {}
+    else:
+        plan = _plan_weights(name_or_config, model_name, pretrained)
+        preprocess = {k: plan.tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in plan.tag_cfg}
+        overrides = {"quick_gelu": plan.quick_gelu, "force_preprocess_cfg": preprocess}
+    from_file = pretrained is not None and Path(pretrained).is_file() and not schema
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
         torch.manual_seed(0)
-        model = open_clip.create_model(
-            model_name, pretrained=pretrained if load_with_open_clip else None, device=device,
-            precision=precision, weights_only=True, quick_gelu=quick_gelu, force_preprocess_cfg=preprocess,
-        )
-    if pretrained is not None and not load_with_open_clip:
-        if torchscript:
-            _load_torchscript_weights(model, pretrained, name_or_config)
-        else:
-            try:
-                open_clip.load_checkpoint(model, pretrained, strict=True, weights_only=True)
-            except Exception as err:  # torch and open_clip raise many kinds; the cause goes into one line
-                raise _weights_error(pretrained, name_or_config, err) from None
-    if notice:
-        warnings.warn(notice, stacklevel=3)
+        model = open_clip.create_model(model_name, pretrained=None if from_file else pretrained, device=device,
+                                       precision=precision, weights_only=True, **overrides)
+    if from_file and plan.torchscript:
+        _load_torchscript_weights(model, pretrained, name_or_config)
+    elif from_file:
+        try:
+            open_clip.load_checkpoint(model, pretrained, strict=True, weights_only=True)
+        except Exception as err:  # torch and open_clip raise many kinds; the cause goes into one line
+            raise _weights_error(pretrained, name_or_config, err) from None
+    if plan.notice:
+        warnings.warn(plan.notice, stacklevel=3)
     tokenizer = open_clip.get_tokenizer(model_name)
     backbone = OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=pretrained)
-    backbone.identity = {"architecture": architecture, "activation": _activation(quick_gelu), "weights": weights}
+    architecture = model_name.removesuffix(QUICKGELU_SUFFIX)
+    backbone.identity = {"architecture": architecture, "activation": _built_activation(model), "weights": plan.weights}
     return backbone
