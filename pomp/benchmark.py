@@ -30,8 +30,8 @@ import torch
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.folder import ImageDataset
-from pomp.evaluate import (baseline_record, build_classifier, classnames_record, result_record, write_classnames,
-                           write_result, zero_shot_metrics)
+from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
+                           write_classnames, write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
@@ -230,7 +230,7 @@ def run_benchmark(
             record = result_record(key, backbone, metrics, label, extra)
             write_result(out_dir / f"{key}__{_safe(label)}.json", record)
             run.records.append(record)
-            log(f"{key:>16s}  {label:<36s} acc1 {100 * metrics['acc1']:6.2f}  acc5 {100 * metrics['acc5']:6.2f}  "
+            log(f"{key:>16s}  {label:<36s} acc1 {percent(metrics['acc1'])}  acc5 {percent(metrics['acc5'])}  "
                 f"({len(feats)} images, {len(images.classnames)} classes)")
     notes = [f"skipped {k}: {v}" for k, v in run.skipped.items()] + [f"error {k}: {v}" for k, v in run.failed.items()]
     if run.records:

@@ -11,9 +11,15 @@ import time
 import warnings
 from pathlib import Path
 
+BACKBONE_HELP = ("open_clip model name (ViT-B-16, ViT-B-16-quickgelu...) or model-config JSON; hf:<folder> for a "
+                 "transformers CLIP folder (save_pretrained); minilm-efficientnet-lite0 (alias default) for the "
+                 "offline default")
+PRETRAINED_HELP = ("open_clip pretrained tag (e.g. openai; downloads, needs network) or a local weights file "
+                   "(OpenAI's original .pt, an open_clip state dict...)")
+
 PRETRAIN_HELP = {
-    "backbone": "open_clip model name (ViT-B-16) or path to an open_clip model-config JSON",
-    "pretrained": "open_clip pretrained tag (needs network) or a local checkpoint file",
+    "backbone": BACKBONE_HELP,
+    "pretrained": PRETRAINED_HELP,
     "out_dir": "where the prompt, checkpoint, split, config and logs go",
     "train_root": "class-folder image root (one sub-folder per class)",
     "names": "names file mapping folder -> class name ('folder<TAB>name' lines), or 'imagenet21k-p' for "
@@ -82,6 +88,9 @@ def _config_from_args(cls, args: argparse.Namespace):
     return cls(**values)
 
 
+CONFIG_DIR = "config"  # resolved configs of eval / benchmark runs, beside (not among) the result files
+
+
 # --- commands ----------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pomp.train import PretrainConfig, pretrain
@@ -115,22 +124,24 @@ def _names_source(spec: str, names: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import (baseline_record, build_classifier, classnames_record, result_record,
+    from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
                                write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
     from pomp.io import atomic_write_json, check_writable_dir
-    from pomp.prompt import load_any
+    from pomp.interop import load_any
 
+    if not args.prompt and not args.baseline:
+        raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
+    prompt = load_any(args.prompt) if args.prompt else None  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
         check_writable_dir(args.feature_cache)
-    if not args.prompt and not args.baseline:
-        raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
-    prompt = load_any(args.prompt) if args.prompt else None
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
-    atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
+    # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
+    atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
+                      {**vars(args), "func": None, "backbone_info": backbone.describe()})
     if prompt is not None:
         prompt.check_compatible(backbone)
         prompt.to(device)
@@ -157,8 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             safe = label.replace(":", "_").replace("/", "_")
             write_result(out_dir / f"{images.name}__{safe}.json", record)
             records.append(record)
-            print(f"{images.name:>20s}  {label:<40s} acc1 {100 * metrics['acc1']:6.2f}  acc5 "
-                  f"{100 * metrics['acc5']:6.2f}  mpcr {100 * metrics['mean_per_class_recall']:6.2f}")
+            print(f"{images.name:>20s}  {label:<40s} acc1 {percent(metrics['acc1'])}  acc5 "
+                  f"{percent(metrics['acc5'])}  mpcr {percent(metrics['mean_per_class_recall'])}")
     md_path, _ = write_tables(out_dir, records)
     print()
     print(md_path.read_text())
@@ -168,17 +179,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.benchmark import run_benchmark, suite_datasets
+    from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_writable_dir
-    from pomp.prompt import load_any
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
     datasets = suite_datasets(args.suite or ["all"], args.datasets.split(",") if args.datasets else None)
     if not datasets:
         raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
+    prompts = [(p, load_any(p)) for p in args.prompt]  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     cache = Path(args.feature_cache) if args.feature_cache else Path(args.out_dir).resolve().parent / "feature_cache"
-    prompts = [(p, load_any(p)) for p in args.prompt]
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     names = [Path(p).name for p, _ in prompts]
@@ -187,7 +198,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         prompt.check_compatible(backbone)
         classifiers.append(("prompt:" + (name if names.count(name) == 1 else path), dict(prompt=prompt.to(device))))
     classifiers += [(f"baseline:{b}", dict(baseline=b)) for b in dict.fromkeys(args.baseline)]
-    atomic_write_json(out_dir / "benchmark_config.json",
+    atomic_write_json(out_dir / CONFIG_DIR / "benchmark_config.json",
                       {**vars(args), "func": None, "datasets_selected": datasets, "feature_cache_root": str(cache),
                        "backbone_info": backbone.describe()})
     run = run_benchmark(args.data_root, datasets, backbone, classifiers, out_dir, cache, batch_size=args.batch_size,
@@ -201,15 +212,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.data.folder import read_class_list
+    from pomp.data.names import read_class_list
     from pomp.export import write_class_embeddings
-    from pomp.prompt import load_any
-
+    from pomp.interop import load_any
     from pomp.io import check_writable_dir
 
-    check_writable_dir(args.out_dir)
     classnames = read_class_list(args.classes)
     prompt = load_any(args.prompt) if args.prompt else None
+    check_writable_dir(args.out_dir)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
                                    template=args.template if prompt is None else None,
@@ -220,16 +230,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from pomp.prompt import load_any
+    from pomp.interop import load_any
 
     print(json.dumps(load_any(args.prompt).describe(), indent=2))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from pomp.export import convert_prompt
+    from pomp.interop import convert_prompt
 
-    out = convert_prompt(args.src, args.dst, backbone=args.backbone, epoch=args.epoch, fmt=args.format)
+    out = convert_prompt(args.src, args.dst, backbone=args.backbone, epoch=args.epoch, fmt=args.format,
+                         dtype=args.dtype)
     print(out)
     return 0
 
@@ -265,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="zero-shot classification with a prompt and/or hand-crafted baselines",
                        description="Zero-shot top-1/top-5/mean-per-class recall on one or more datasets; writes "
                                    "one clip_benchmark-style JSON per dataset and prompt, and results.md/.csv.")
-    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--prompt", default=None, help="a pomp prompt (.safetensors/.json/dir) or an official .pth.tar")
     p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble", "dataset"],
                    help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates, "
@@ -298,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble", "dataset"],
                    help="hand-crafted baseline: 'single' (\"a photo of a {}.\"), 'ensemble' (CLIP's 80 templates) or "
                         "'dataset' (CLIP's per-dataset template as CoOp uses it: the paper's CLIP row) (repeatable)")
-    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--out-dir", default="runs/benchmark", help="where result files go")
     p.add_argument("--feature-cache", default=None,
                    help="image-feature cache root (default: OUT_DIR/../feature_cache); one folder per backbone")
@@ -315,11 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write OUT_DIR/class_embeddings.npy ([C, D] float32, L2-normalised; what "
                                    "Detic's zero-shot classifier loads), OUT_DIR/zeroshot_classifier.pt ([D, C], "
                                    "clip_benchmark --load_clfs) and OUT_DIR/classnames.txt.")
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--pretrained", default=None)
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
     p.add_argument("--template", default="a photo of a {}.", help="hand-crafted template when no --prompt")
-    p.add_argument("--classes", required=True, help="vocabulary: one class name per line (or a names file)")
+    p.add_argument("--classes", required=True, help="vocabulary: one class name per line, line i = class i (or a "
+                                                    "names file); lemma lists give their first lemma")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_embed)
@@ -334,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--backbone", default=None, help="record this backbone name when importing")
-    p.add_argument("--epoch", type=int, default=None, help="epoch number written into an exported checkpoint")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="epoch written into an exported checkpoint (default: the prompt's own, from its metadata)")
+    p.add_argument("--dtype", choices=["fp16", "fp32"], default=None,
+                   help="dtype of the exported ctx (default: fp16 for official, as official checkpoints hold and "
+                        "Detic's fp16 dump tool needs; fp32 for zsseg)")
     p.add_argument("--format", choices=["auto", "pomp", "official", "zsseg"], default="auto",
                    help="output format: official = Dassl .pth.tar (also ZSSeg PROMPT_LEARNER 'pomp'); zsseg = "
                         "detectron2 {'model': {'clip_adapter.prompt_learner.ctx': ...}} (ZSSeg 'pomp_tuned'); "
@@ -354,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+    original_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"pomp {args.command}: warning: {message}\n"
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
@@ -365,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pomp {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = original_format
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Register `data` (split, shard) and `features` on the `pomp` sub-command parser."""
+    from pomp.cli import BACKBONE_HELP, PRETRAINED_HELP
+
     p = sub.add_parser("data", help="prepare data once before launch: k-shot split files, webdataset shards, "
                                     "name checks")
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -177,8 +179,8 @@ def add_parsers(sub) -> None:
                                    "OUT_DIR/<dataset name> (eval transform); --split-file/--train-root writes "
                                    "OUT_DIR/train (the pretrain recipe's VIEWS augmented views, seeded by --seed).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", required=True, help="open_clip model name or model-config JSON")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--out-dir", required=True, help="the cache folder (give the same to pomp eval/pretrain)")
     p.add_argument("--data", action="append", default=[], help="evaluation data: class-folder root or split JSON "
                                                                "(repeatable)")

@@ -30,10 +30,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from pomp.cli import BACKBONE_HELP, PRETRAINED_HELP
+
     p.add_argument("--backbone", required=True,
-                   help="backbone name: minilm-efficientnet-lite0 (offline default), an open_clip ViT name or "
-                        "model-config JSON (MaskCLIP dense features)")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local checkpoint file")
+                   help=BACKBONE_HELP + "; dense features need an open_clip ViT (MaskCLIP) or the offline default")
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--prompt", default=None, help="a pomp prompt (.safetensors/.json/dir) or an official .pth.tar")
     p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
                    help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates")

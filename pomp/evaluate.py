@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
-from pomp.prompt import Prompt, clean_classname
+from pomp.data.names import clean_classname
+from pomp.prompt import Prompt
 from pomp.ranking import class_scores, top_k_first_index
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -167,6 +168,8 @@ def zero_shot_metrics(
 ) -> dict[str, float]:
     """Top-1, top-5 (as fractions) and mean per-class recall of cosine-similarity classification.
 
+    With fewer than 5 classes top-5 is undefined and reported as None (clip_benchmark reports NaN).
+
     `image_features` `[M, D]` (or `[M, V, D]`: views are averaged, then renormalised); may be a
     float16 memory map. Scored in chunks of images, so M x C scores never exist at once. Ties go to
     the lowest class index, for top-1, top-5 and recall alike (`pomp.ranking`: the rule of Dassl's
@@ -192,20 +195,30 @@ def zero_shot_metrics(
     present = counts > 0
     return {
         "acc1": float(correct1.double().mean()),
-        "acc5": float(correct5.double().mean()),
+        "acc5": float(correct5.double().mean()) if classifier.shape[0] >= 5 else None,
         "mean_per_class_recall": float((right[present] / counts[present]).mean()),
     }
 
 
+def percent(value: float | None) -> str:
+    """A metric as a 6-wide percentage; undefined ones (acc5 with fewer than 5 classes) as `n/a`."""
+    return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+
+RANDOM_INIT = "random-init"  # the "pretrained" of a backbone without weights (clip_benchmark needs a string)
+
+
 def result_record(dataset: str, backbone: Backbone, metrics: dict, prompt_label: str, extra: dict | None = None) -> dict:
-    """clip_benchmark's result shape, plus which prompt produced it."""
+    """clip_benchmark's result shape (its `build` step reads it as is), plus which prompt and which
+    backbone (architecture, activation, weights: `Backbone.describe()`) produced it."""
     return {
         "dataset": dataset,
         "model": backbone.name,
-        "pretrained": backbone.pretrained,
+        "pretrained": backbone.pretrained if backbone.pretrained is not None else RANDOM_INIT,
         "task": "zeroshot_classification",
         "metrics": metrics,
         "prompt": prompt_label,
+        "backbone": backbone.describe(),
         **(extra or {}),
     }
 

@@ -6,6 +6,7 @@ the placeholder positions are replaced by `ctx`; everything else is the frozen m
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,16 +19,13 @@ from torch import nn
 
 from pomp import __version__
 from pomp.backbones.base import Backbone
+from pomp.backbones.identity import identity_differences
+from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.io import atomic_write, atomic_write_json, read_json
 
 PLACEHOLDER = "X"
 FORMAT_NAME = "pomp-prompt"
 FORMAT_VERSION = 1
-
-
-def clean_classname(name: str) -> str:
-    """Class names as they enter a prompt: underscores become spaces, whitespace collapsed."""
-    return " ".join(name.replace("_", " ").split())
 
 
 @dataclass
@@ -127,12 +125,28 @@ class Prompt(nn.Module):
         return ClassTokens(names, tokens, lengths)
 
     def check_compatible(self, backbone: Backbone) -> None:
+        """Refuse a backbone of another text width; warn once, in one line, about one that is another model.
+
+        A context trained on one CLIP runs on any CLIP of the same width and gives other numbers there, so
+        the backbone the prompt records (`meta["backbone"]`: architecture, activation, weights) is compared
+        with `backbone.describe()` (see `pomp.backbones.identity`).
+        """
+        source = self.meta.get("source", "prompt")
         if backbone.text_width != self.width:
-            source = self.meta.get("source", "prompt")
             raise ValueError(
                 f"{source}: context width {self.width} does not match the text width {backbone.text_width} "
                 f"of backbone {backbone.name!r}"
             )
+        trained = self.meta.get("backbone")
+        used = backbone.describe()
+        key = repr(sorted(used.items()))
+        if isinstance(trained, dict) and key not in getattr(self, "_identity_checked", set()):
+            self._identity_checked = getattr(self, "_identity_checked", set()) | {key}
+            differences = identity_differences(trained, used)
+            if differences:
+                warnings.warn(f"{source}: prompt trained with another backbone than {backbone.name} "
+                              f"({'; '.join(differences)}); its class features will differ from training",
+                              stacklevel=2)
 
     # --- encoding ----------------------------------------------------------------------------
     def forward(
@@ -247,52 +261,16 @@ class Prompt(nn.Module):
         }
 
 
-# --- the official POMP / CoOp (Dassl) prompt checkpoint ----------------------------------------
-def load_official(path: str | Path) -> Prompt:
-    """Import a Dassl prompt-learner checkpoint (`model.pth.tar-N`) holding `state_dict['ctx']`.
-
-    Read with `weights_only=True`: a file carrying arbitrary pickled objects is refused, never executed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({first_line})") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or "ctx" not in state:
-        raise ValueError(f"{path}: no state_dict['ctx'] in checkpoint")
-    ctx = state["ctx"]
-    if not isinstance(ctx, torch.Tensor) or ctx.dim() != 2:
-        shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
-        raise ValueError(f"{path}: ctx must be a shared [n_ctx, width] context, got {shape} (class-specific?)")
-    if min(ctx.shape) < 1 or not (ctx.is_floating_point() and bool(torch.isfinite(ctx).all())):
-        raise ValueError(f"{path}: ctx must be a non-empty finite float tensor, got {ctx.dtype} {tuple(ctx.shape)}")
-    meta = {"source": str(path), "imported_from": "official", "epoch": checkpoint.get("epoch")}
-    return Prompt(ctx.float(), meta)
+# The importers and exporters of other systems' files moved to pomp.interop; these names still import from here.
+_MOVED_TO_INTEROP = ("load_official", "save_official", "load_any")
 
 
-def save_official(prompt: Prompt, path: str | Path, epoch: int | None = None) -> Path:
-    """Write the Dassl layout the official POMP code, CoOp and ZSSeg read: `{'state_dict': {'ctx': ...}, ...}`."""
-    epoch = epoch if epoch is not None else int(prompt.meta.get("epochs") or 0)
-    checkpoint = {
-        "state_dict": {"ctx": prompt.ctx.detach().float().cpu().clone()},
-        "epoch": epoch,
-        "optimizer": None,
-        "scheduler": None,
-        "val_result": None,
-    }
-    return atomic_write(path, lambda p: torch.save(checkpoint, p))
+def __getattr__(name: str):
+    if name in _MOVED_TO_INTEROP:
+        from pomp import interop
+
+        return getattr(interop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_any(path: str | Path) -> Prompt:
-    """Load our format, or an official `.pth.tar` checkpoint, by looking at the file."""
-    path = Path(path)
-    if path.is_dir() or path.suffix in {".safetensors", ".json"}:
-        return Prompt.load(path)
-    return load_official(path)
-
-
-__all__ = ["Prompt", "ClassTokens", "clean_classname", "load_official", "save_official", "load_any"]
+__all__ = ["Prompt", "ClassTokens", "clean_classname"]

@@ -394,7 +394,7 @@ def test_zsseg_checkpoints_load_the_way_zsseg_loads_them(backbone, tmp_path):
     state = torch.load(tmp_path / "pomp.pth.tar", map_location="cpu", weights_only=True)["state_dict"]
     extractor = POMPPromptExtractorShape()
     extractor.load_state_dict({k: v for k, v in state.items() if "ctx" in k}, strict=True)
-    torch.testing.assert_close(extractor.ctx.data, prompt.ctx.data)
+    torch.testing.assert_close(extractor.ctx.data, prompt.ctx.data.half().float())  # official files hold fp16
 
     # PROMPT_LEARNER "pomp_tuned": torch.load(f)["model"], keys with "prompt_learner", first two parts dropped
     assert main(["convert", str(src), str(tmp_path / "model_final.pth"), "--format", "zsseg"]) == 0

@@ -20,8 +20,10 @@ is invisible to the EOT feature under the causal mask.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -218,6 +220,65 @@ def test_image_spec_variants(hf_backbone):
     bare = HFCLIPBackbone(model, tok, "hf:x", "x", {})
     assert bare.image_spec.size == 32 and bare.image_spec.interpolation == "bicubic"
     assert bare.image_spec.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+
+
+def _model_and_tokenizer_only(hf_dir: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for f in hf_dir.iterdir():
+        if f.name not in ("preprocessor_config.json", "processor_config.json"):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_image_settings_from_whichever_processor_file_transformers_wrote(hf_dir, tmp_path):
+    """transformers 5's `CLIPProcessor.save_pretrained` nests the image settings in processor_config.json."""
+    mean, std = (0.45, 0.35, 0.25), (0.21, 0.22, 0.23)
+    folder = _model_and_tokenizer_only(hf_dir, tmp_path / "with-processor")
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=list(mean),
+        image_std=list(std), resample=2)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    written = {p.name for p in folder.iterdir()} & {"preprocessor_config.json", "processor_config.json"}
+    assert written  # processor_config.json with transformers 5, preprocessor_config.json before
+    backbone = pomp.load_backbone(f"hf:{folder}")
+    spec = backbone.image_spec
+    assert spec.mean == pytest.approx(mean) and spec.std == pytest.approx(std)
+    assert spec.size == 32 and spec.interpolation == "bilinear"
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8).numpy())
+    theirs = transformers.CLIPImageProcessor.from_pretrained(str(folder))(images=image, return_tensors="pt")
+    ours = backbone.eval_transform()(image)
+    torch.testing.assert_close(ours, theirs["pixel_values"][0], atol=1e-5, rtol=0)
+
+
+def test_folder_without_image_settings_says_so(hf_dir, tmp_path):
+    folder = _model_and_tokenizer_only(hf_dir, tmp_path / "bare")
+    with pytest.warns(UserWarning, match="no image processor settings") as caught:
+        spec = pomp.load_backbone(f"hf:{folder}").image_spec
+    assert len([w for w in caught if "image processor" in str(w.message)]) == 1
+    assert spec.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    (folder / "processor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable image processor settings") as err:
+        pomp.load_backbone(f"hf:{folder}")
+    assert "\n" not in str(err.value)
+
+
+def test_hf_backbones_are_in_the_help(capsys):
+    from pomp.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "hf:<folder>" in capsys.readouterr().out
+
+
+def test_identity_records_activation_and_weights(hf_backbone, hf_dir):
+    desc = hf_backbone.describe()
+    assert desc["architecture"] == "hf:clip" and desc["activation"] == "quick_gelu"
+    assert desc["weights"]["file"] == "model.safetensors"
+    assert desc["weights"]["sha256"] == hashlib.sha256((hf_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def test_load_errors(hf_dir, tmp_path):

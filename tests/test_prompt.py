@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import pomp
-from pomp.prompt import Prompt, load_official, save_official
+from pomp.prompt import Prompt
 
 NAMES = ["cat", "golden retriever", "hot_air balloon", "a very long class name with many many words in it"]
 
@@ -74,40 +74,6 @@ def test_width_mismatch_is_a_clear_error(backbone, tmp_path):
     other.save(tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="width"):
         Prompt.load(tmp_path / "w.safetensors").encode_class_features(backbone, ["cat"])
-
-
-def test_official_round_trip_and_weights_only(backbone, tmp_path):
-    prompt = Prompt.init(backbone, n_ctx=4, seed=2)
-    path = save_official(prompt, tmp_path / "prompt_learner" / "model.pth.tar-5", epoch=5)
-    raw = torch.load(path, weights_only=True)
-    assert set(raw) >= {"state_dict", "epoch"} and raw["epoch"] == 5
-    assert torch.equal(raw["state_dict"]["ctx"], prompt.ctx.detach())
-    back = load_official(path)
-    assert torch.equal(back.ctx, prompt.ctx)
-
-
-class _Payload:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > /dev/null",))
-
-
-def test_official_checkpoint_with_code_is_refused(tmp_path):
-    path = tmp_path / "evil.pth.tar"
-    torch.save({"state_dict": {"ctx": torch.zeros(4, 8)}, "x": _Payload()}, path)
-    with pytest.raises(ValueError, match="refused or unreadable"):
-        load_official(path)
-
-
-def test_convert_cli_round_trip(backbone, tmp_path):
-    from pomp.cli import main
-
-    prompt = Prompt.init(backbone, n_ctx=4, seed=9)
-    ours = prompt.save(tmp_path / "a.safetensors")
-    assert main(["convert", str(ours), str(tmp_path / "model.pth.tar-5"), "--epoch", "5"]) == 0
-    assert main(["convert", str(tmp_path / "model.pth.tar-5"), str(tmp_path / "b.safetensors")]) == 0
-    assert torch.equal(Prompt.load(tmp_path / "b.safetensors").ctx, prompt.ctx)
 
 
 def test_public_api_names():

@@ -37,6 +37,8 @@ class Backbone(nn.Module, ABC):
         causal: the text tower attends causally, so cutting a sequence after its pooling
             token leaves the pooled feature unchanged.
         prompt_prefix_length: number of tokens before the learned context (the start token).
+        identity: what the loader resolved (`architecture`, `activation`, `weights`; see
+            `pomp.backbones.identity`), added to `describe()`.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Backbone(nn.Module, ABC):
     logit_scale: float
     causal: bool = True
     prompt_prefix_length: int = 1
+    identity: dict | None = None
 
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -109,6 +112,7 @@ class Backbone(nn.Module, ABC):
             "pretrained": self.pretrained,
             "text_width": self.text_width,
             "embed_dim": self.embed_dim,
+            **(self.identity or {}),
         }
 
     def freeze(self) -> "Backbone":

@@ -18,20 +18,21 @@ Which one applies is read off the encoder's signature, not off a version number.
 from __future__ import annotations
 
 import inspect
-import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.identity import SHA_PREFIX, sha256_of
 
 PREFIX = "hf:"
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# PIL resampling codes as stored in `preprocessor_config.json` ("resample": 3 == bicubic).
+# PIL resampling codes as stored in processor configs ("resample": 3 == bicubic).
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 _DTYPES = {
@@ -81,7 +82,7 @@ class HFCLIPBackbone(Backbone):
         tokenizer: its CLIPTokenizer / CLIPTokenizerFast (must have a pad token).
         name: what it was loaded by (`hf:<folder or hub id>`).
         pretrained: the folder or hub id holding the weights.
-        processor_config: the parsed `preprocessor_config.json` (empty: CLIP defaults).
+        processor_config: the image processor's settings (`_processor_config`; empty: CLIP defaults).
     """
 
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, processor_config: dict | None = None):
@@ -212,25 +213,48 @@ class HFCLIPBackbone(Backbone):
         return ImageSpec(size=size, mean=mean, std=std, interpolation=_interpolation_name(cfg.get("resample")))
 
 
-def _processor_config(source: str) -> dict:
-    """`preprocessor_config.json` of a local folder or hub repo; {} when there is none."""
-    folder = Path(source)
-    if folder.is_dir():
-        path = folder / "preprocessor_config.json"
-        if not path.is_file():
-            return {}
-    else:
-        from huggingface_hub import hf_hub_download
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers 4 / 5 image settings
+IMAGE_SETTINGS = ("size", "crop_size", "do_center_crop", "image_mean", "image_std", "resample")
 
-        try:
-            path = Path(hf_hub_download(source, "preprocessor_config.json"))
-        except Exception:  # missing entry, offline without cache...: fall back to CLIP defaults
-            return {}
+
+def _processor_config(source: str) -> dict:
+    """The image settings of a folder or hub repo, read by transformers' own `CLIPImageProcessor.from_pretrained`.
+
+    It finds them wherever transformers wrote them: `preprocessor_config.json` (an image processor's
+    `save_pretrained`, transformers 4) or `processor_config.json` with an `image_processor` entry
+    (`CLIPProcessor.save_pretrained` in transformers 5). Returns the JSON-like settings (size,
+    crop_size, do_center_crop, image_mean, image_std, resample); {} with one warning when there are
+    none (CLIP's defaults are then used).
+    """
+    from transformers import CLIPImageProcessor
+
+    folder = Path(source)
+    present = folder.is_dir() and any((folder / f).is_file() for f in PROCESSOR_FILES)
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable preprocessor config ({err})") from None
-    return cfg if isinstance(cfg, dict) else {}
+        processor = CLIPImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        if present:  # a damaged file is an error; a missing one means CLIP's defaults
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{source}: unreadable image processor settings ({reason})") from None
+        warnings.warn(f"{source}: no image processor settings ({' or '.join(PROCESSOR_FILES)}); using CLIP's "
+                      "default size, mean and std", stacklevel=3)
+        return {}
+    settings = processor.to_dict()
+    return {k: settings[k] for k in IMAGE_SETTINGS if settings.get(k) is not None}
+
+
+def _weights_identity(source: str, model) -> dict:
+    """`{"folder"|"hub_id", "file", "sha256", "commit"}` of the weights a CLIP folder or hub repo holds."""
+    folder = Path(source)
+    identity: dict = {"folder": folder.name} if folder.is_dir() else {"hub_id": source}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            identity.update(file=name, sha256=sha256_of(folder / name)[:SHA_PREFIX])
+            break
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        identity["commit"] = commit
+    return identity
 
 
 def load_hf_clip(
@@ -243,7 +267,8 @@ def load_hf_clip(
 
     Args:
         name: `hf:` followed by a local folder written by `save_pretrained` (config, weights,
-            tokenizer files, optionally `preprocessor_config.json`) or a hub id.
+            tokenizer files, the image processor's settings in `preprocessor_config.json` or
+            transformers 5's `processor_config.json`) or a hub id.
         pretrained: must be None or the same folder / hub id: the weights come from there.
         device: where the model lives.
         precision: `fp32`, `fp16`, `bf16` (weights cast); `amp...` keep fp32 weights.
@@ -264,18 +289,25 @@ def load_hf_clip(
         source_path = source
     try:
         from transformers import AutoTokenizer, CLIPModel
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("hf: backbones need `transformers` (pip install 'pomp[hf]')") from err
+    except ImportError as err:  # pragma: no cover - transformers is a dependency of pomp
+        raise ImportError(f"{name}: hf: backbones need the transformers package, which failed to import ({err})") from None
     try:
         model = CLIPModel.from_pretrained(source_path)
         tokenizer = AutoTokenizer.from_pretrained(source_path)
     except OSError as err:
         raise OSError(f"{name}: could not load a CLIP model and tokenizer ({err})") from err
     model = model.to(device=device, dtype=_DTYPES[precision])
-    return HFCLIPBackbone(
+    backbone = HFCLIPBackbone(
         model, tokenizer, name=name if name.startswith(PREFIX) else PREFIX + name,
         pretrained=source, processor_config=_processor_config(source_path),
     )
+    text_config = model.config.text_config
+    backbone.identity = {
+        "architecture": f"hf:{getattr(model.config, 'model_type', 'clip')}",
+        "activation": getattr(text_config, "hidden_act", None),
+        "weights": _weights_identity(source_path, model),
+    }
+    return backbone
 
 
 __all__ = ["HFCLIPBackbone", "load_hf_clip"]

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, TextTransformer, text_global_pool
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransformer, text_global_pool
 from torch import nn
 
 from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.identity import SHA_PREFIX, release_of_file, sha256_of
+from pomp.torchfile import is_torchscript_archive, torchscript_tensors
 
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".tar"}
 FAST_TEXT_ENV = "POMP_FAST_TEXT"  # "0" turns the fast causal text path off (benchmarks, debugging)
 
 
@@ -175,7 +181,8 @@ class OpenCLIPBackbone(Backbone):
 
     # --- image side --------------------------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
+        # fp16/bf16 weights (precision="fp16"/"bf16") take pixels of their own dtype, on CPU as on CUDA
+        return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)))
 
     def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """MaskCLIP dense features `[B, embed_dim, H / patch, W / patch]` of a ViT image tower."""
@@ -192,6 +199,13 @@ class OpenCLIPBackbone(Backbone):
             std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
             interpolation=cfg.get("interpolation", "bicubic"),
         )
+
+
+def _pixel_dtype(visual: torch.nn.Module) -> torch.dtype:
+    """The dtype an image tower takes: its patch/stem convolution's (open_clip keeps embeddings fp32
+    when it casts the rest to fp16/bf16), else its first parameter's (timm towers)."""
+    weight = getattr(getattr(visual, "conv1", None), "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) else next(visual.parameters()).dtype
 
 
 def _resized_positional_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
@@ -228,7 +242,7 @@ def maskclip_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> to
     attn = getattr(last, "attn", None)
     if type(last) is not _Block or not isinstance(attn, torch.nn.MultiheadAttention) or hasattr(last, "ln_1_kv"):
         raise NotImplementedError(f"dense features need standard residual attention blocks, got {type(last).__name__}")
-    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))  # [B, width, gh, gw]
+    x = visual.conv1(pixels.to(_pixel_dtype(visual)))  # [B, width, gh, gw]
     batch, width, gh, gw = x.shape
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
@@ -268,34 +282,172 @@ def _register_config(config_path: Path) -> str:
     return config_path.stem
 
 
+# open_clip precision strings: weights cast to fp16/bf16 ("fp16", "bf16", "pure_*") or kept fp32.
+PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16", "amp", "amp_bf16", "amp_bfloat16")
+QUICKGELU_SUFFIX = "-quickgelu"
+
+
+def _other_activation_hint(name_or_config: str, model_name: str, quick_gelu: bool) -> str:
+    """How to ask for the other activation: the `-quickgelu` twin of a built-in name, or the config key."""
+    if name_or_config != model_name:  # a model-config JSON
+        return f'for the other set "quick_gelu": {str(not quick_gelu).lower()} in {name_or_config}'
+    if model_name.endswith(QUICKGELU_SUFFIX) and model_name[: -len(QUICKGELU_SUFFIX)] in open_clip.list_models():
+        return f"for GELU weights use {model_name[: -len(QUICKGELU_SUFFIX)]}"
+    if not quick_gelu and model_name + QUICKGELU_SUFFIX in open_clip.list_models():
+        return f"for QuickGELU weights (OpenAI's CLIP) use {model_name + QUICKGELU_SUFFIX}"
+    return f'for the other set "quick_gelu": {str(not quick_gelu).lower()} in {name_or_config}'
+
+
+def _weights_error(path: str, model_name: str, err: Exception) -> ValueError:
+    """One line for open_clip's / torch's failures to load a local weights file (never their advice text)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = found.group(1) if found else "objects other than tensors"
+        return ValueError(f"{path}: holds pickled {what} besides tensors; backbone weights are read as tensors only")
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
+    cause = lines[1] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 else lines[0]
+    cause = cause if len(cause) <= 200 else cause[:197] + "..."
+    return ValueError(f"{path}: weights do not fit {model_name} ({cause})")
+
+
+def _load_torchscript_weights(model: torch.nn.Module, path: str, model_name: str) -> None:
+    """Copy the tensors of a TorchScript archive (OpenAI's CLIP `.pt` release format) into `model`.
+
+    The archive is read by `pomp.torchfile` (no code from it runs). Like open_clip's OpenAI loader,
+    the `input_resolution`, `context_length` and `vocab_size` entries are dropped; every tensor the
+    model's state dict holds must be present with its shape, and nothing else may be left over but
+    buffers the model keeps out of its state dict (its causal mask).
+    """
+    tensors = torchscript_tensors(path)
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        tensors.pop(key, None)
+    expected = model.state_dict()
+    transient = {name for name, _ in model.named_buffers()} - set(expected)
+    missing = [k for k in expected if k not in tensors]
+    reshaped = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    unexpected = [k for k in tensors if k not in expected and k not in transient]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(tensors[k].shape)} in the file, "
+                        f"{tuple(expected[k].shape)} in {model_name})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unknown to {model_name} (e.g. {unexpected[0]})")
+    if problems:
+        raise ValueError(f"{path}: TorchScript weights do not fit {model_name}: {'; '.join(problems)}")
+    model.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+
+
+@dataclass
+class _WeightsPlan:
+    """How to build and fill a model: the activation resolved for its weights, and where they come from."""
+
+    quick_gelu: bool
+    weights: dict
+    tag_cfg: dict = field(default_factory=dict)  # open_clip's pretrained config of the tag (or matched release)
+    torchscript: bool = False
+    notice: str | None = None  # said once the weights have loaded
+
+
+def _plan_weights(name_or_config: str, model_name: str, pretrained: str | None) -> _WeightsPlan:
+    """Resolve the activation weights need (see `load_open_clip`) and the weights' identity."""
+    quick_gelu = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if pretrained is None:
+        return _WeightsPlan(quick_gelu, {"random_init_seed": 0})
+    if not Path(pretrained).is_file():
+        if any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
+            raise FileNotFoundError(f"{pretrained}: checkpoint file not found")
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+        if not tag_cfg:
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+            raise ValueError(f"{pretrained!r}: neither a file nor a pretrained tag of {model_name} (tags: {known})")
+        return _WeightsPlan(bool(tag_cfg.get("quick_gelu", False)), {"tag": pretrained}, tag_cfg)
+    sha = sha256_of(pretrained)
+    torchscript = is_torchscript_archive(pretrained)
+    weights = {"file": Path(pretrained).name, "sha256": sha[:SHA_PREFIX],
+               "format": "torchscript" if torchscript else "state_dict"}
+    release = release_of_file(model_name, sha)
+    if release is not None:
+        weights["tag"], tag_cfg = release
+        return _WeightsPlan(bool(tag_cfg.get("quick_gelu", False)), weights, tag_cfg, torchscript)
+    if torchscript:  # OpenAI's CLIP, the only TorchScript release, was trained with QuickGELU
+        return _WeightsPlan(True, weights, torchscript=True)
+    notice = (f"{pretrained}: a state dict does not record its activation; assuming "
+              f"{'QuickGELU' if quick_gelu else 'GELU'} as {name_or_config} says "
+              f"({_other_activation_hint(name_or_config, model_name, quick_gelu)})")
+    return _WeightsPlan(quick_gelu, weights, notice=notice)
+
+
+def _built_activation(model: torch.nn.Module) -> str:
+    """The activation the built model's MLPs actually use."""
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
+
+
 def load_open_clip(
     name_or_config: str,
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
 ) -> OpenCLIPBackbone:
-    """Build a frozen open_clip backbone.
+    """Build a frozen open_clip backbone, with the architecture its weights were trained with.
+
+    Activation (QuickGELU or GELU), which weights never record, is resolved as follows:
+    - an open_clip pretrained tag: the tag's own config (`quick_gelu`), as `open_clip.get_pretrained_cfg`
+      says (`ViT-B-16` + `openai` builds QuickGELU, open_clip's plain `create_model` builds GELU and warns);
+    - a TorchScript archive (OpenAI's original `.pt` files): QuickGELU, as open_clip's OpenAI loader
+      does; its tensors are read without running its code (`pomp.torchfile`);
+    - a local file whose sha256 matches a release's published checksum: that release's config;
+    - any other local state dict: the model config's, with one warning saying which was assumed and
+      how to choose the other (e.g. `ViT-B-16-quickgelu`);
+    - `hf-hub:` / `local-dir:` names: the config stored with the weights (open_clip's).
+    The result is recorded in `identity` (architecture, activation, weights: tag or file + sha256).
 
     Args:
         name_or_config: an open_clip model name (`ViT-B-16`) or a path to a model-config JSON.
         pretrained: an open_clip pretrained tag (downloads; needs network) or a local checkpoint file;
             None gives random weights from a fixed seed (tests, benchmarks).
         device: where the model lives.
-        precision: open_clip precision string (`fp32`, `fp16`, `bf16`, `amp`...).
+        precision: open_clip precision string (`fp32`, `fp16`, `bf16`, `pure_fp16`, `pure_bf16`, `amp`...).
+
+    Raises:
+        ValueError / FileNotFoundError: one line naming the model or file and the cause.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
-    if model_name not in open_clip.list_models() and ":" not in model_name:
+    schema = ":" in model_name  # hf-hub: / local-dir: carry their own config and weights
+    if model_name not in open_clip.list_models() and not schema:
         raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing .json config)")
-    if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).exists():
-        if any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}:
-            raise FileNotFoundError(f"{pretrained}: checkpoint file not found")
+    if schema:
+        plan = _WeightsPlan(False, {"source": model_name})
+        overrides = {}
+    else:
+        plan = _plan_weights(name_or_config, model_name, pretrained)
+        preprocess = {k: plan.tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in plan.tag_cfg}
+        overrides = {"quick_gelu": plan.quick_gelu, "force_preprocess_cfg": preprocess}
+    from_file = pretrained is not None and Path(pretrained).is_file() and not schema
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
         torch.manual_seed(0)
-        model = open_clip.create_model(
-            model_name, pretrained=pretrained, device=device, precision=precision, weights_only=True
-        )
+        model = open_clip.create_model(model_name, pretrained=None if from_file else pretrained, device=device,
+                                       precision=precision, weights_only=True, **overrides)
+    if from_file and plan.torchscript:
+        _load_torchscript_weights(model, pretrained, name_or_config)
+    elif from_file:
+        try:
+            open_clip.load_checkpoint(model, pretrained, strict=True, weights_only=True)
+        except Exception as err:  # torch and open_clip raise many kinds; the cause goes into one line
+            raise _weights_error(pretrained, name_or_config, err) from None
+    if plan.notice:
+        warnings.warn(plan.notice, stacklevel=3)
     tokenizer = open_clip.get_tokenizer(model_name)
-    return OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=pretrained)
+    backbone = OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=pretrained)
+    architecture = model_name.removesuffix(QUICKGELU_SUFFIX)
+    backbone.identity = {"architecture": architecture, "activation": _built_activation(model), "weights": plan.weights}
+    return backbone

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pomp.data.names import clean_classname
+from pomp.data.names import read_class_list, read_names_file  # noqa: F401  (read here before pomp.data.names)
 from pomp.io import atomic_write_json, read_json
-from pomp.prompt import clean_classname
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -40,59 +41,6 @@ class LabelledImages:
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([label for _, label in self.samples], dtype=torch.long)
-
-
-# --- class names -------------------------------------------------------------------------------
-def _read_text(path: Path, what: str) -> str:
-    """UTF-8 text (a leading BOM is dropped); errors name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: {what} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except OSError as err:
-        raise ValueError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
-
-
-def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, str]:
-    """Read `folder<TAB>name` lines (also `folder name words...`): folder -> class name.
-
-    With `first_synonym`, a WordNet lemma list such as "tabby, tabby cat" keeps "tabby".
-    """
-    path = Path(path)
-    mapping: dict[str, str] = {}
-    for number, line in enumerate(_read_text(path, "names file").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.split("\t", 1) if "\t" in line else line.strip().split(None, 1)
-        if len(parts) != 2 or not parts[1].strip():
-            raise ValueError(f"{path}:{number}: expected 'folder<TAB>class name', got {line!r}")
-        key, name = parts[0].strip(), parts[1].strip()
-        if first_synonym:
-            name = name.split(",")[0].strip()
-        if key in mapping:
-            raise ValueError(f"{path}:{number}: folder {key!r} is listed twice")
-        if not key or not clean_classname(name):
-            raise ValueError(f"{path}:{number}: empty folder or class name in {line!r}")
-        mapping[key] = clean_classname(name)
-    if not mapping:
-        raise ValueError(f"{path}: names file is empty")
-    return mapping
-
-
-def read_class_list(path: str | Path) -> list[str]:
-    """A vocabulary file: one class name per line (a names file's second column also works)."""
-    path = Path(path)
-    lines = [ln for ln in _read_text(path, "class list").splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"{path}: class list is empty")
-    if all("\t" in ln for ln in lines):
-        return list(read_names_file(path, first_synonym=False).values())
-    names = [clean_classname(ln) for ln in lines]
-    if not all(names):
-        raise ValueError(f"{path}: the class list line {lines[names.index('')]!r} holds no class name")
-    return names
 
 
 # --- class folders -----------------------------------------------------------------------------

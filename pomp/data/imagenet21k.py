@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pomp.data.names import clean_classname, first_lemma, names_mapping_from, read_names_file
+
 LISTS = {
     "imagenet21k-p": "imagenet21k_miil_w21_synsets.txt",  # ImageNet-21K-P winter-21: 10,450 classes
     "imagenet22k": "imagenet22k_synsets.txt",  # full ImageNet-21K (fall-11): 21,841 classes
@@ -40,12 +42,15 @@ def synset_lemmas() -> dict[str, str]:
 def classnames(which: str = "imagenet21k-p") -> list[str]:
     """First WordNet lemma of each synset, in the list's order (the names POMP trains with)."""
     lemmas = synset_lemmas()
-    return [lemmas[s].split(",")[0].strip().replace("_", " ") for s in synsets(which)]
+    return [clean_classname(first_lemma(lemmas[s])) for s in synsets(which)]
 
 
 def names_mapping(which: str = "imagenet21k-p") -> dict[str, str]:
-    """WordNet id -> first lemma, ordered as the list: a names mapping for `scan_class_folders`."""
-    return dict(zip(synsets(which), classnames(which)))
+    """WordNet id -> first lemma, ordered as the list: a names mapping for `scan_class_folders`.
+
+    Read like a names file (`pomp.data.names`): classes whose names coincide are listed in one warning."""
+    lemmas = synset_lemmas()
+    return names_mapping_from(((s, lemmas[s]) for s in synsets(which)), f"class list {which!r}")
 
 
 def resolve_names(spec: str | None) -> dict[str, str] | None:
@@ -55,6 +60,4 @@ def resolve_names(spec: str | None) -> dict[str, str] | None:
         return None
     if spec in LISTS:
         return names_mapping(spec)
-    from pomp.data.folder import read_names_file
-
     return read_names_file(spec)

@@ -49,7 +49,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pomp.data.folder import LabelledImages, load_rgb, read_class_list
+from pomp.data.folder import LabelledImages, load_rgb
+from pomp.data.names import read_class_list
 from pomp.io import atomic_write_json, atomic_write_text, read_json
 
 FORMAT = "pomp-shards-v1"

@@ -61,7 +61,7 @@ class DetectConfig:
 
 def _classifier_runs(cfg) -> list[tuple[str, dict]]:
     """(label, build_classifier kwargs) for the prompt and each baseline."""
-    from pomp.prompt import load_any
+    from pomp.interop import load_any
 
     if not cfg.prompt and not cfg.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble")
@@ -92,8 +92,11 @@ def _safe(label: str) -> str:
 
 
 def _record(task: str, dataset: str, backbone, label: str, metrics: dict) -> dict:
-    return {"dataset": dataset, "model": backbone.name, "pretrained": backbone.pretrained, "task": task,
-            "metrics": metrics, "prompt": label}
+    from pomp.evaluate import RANDOM_INIT
+
+    pretrained = backbone.pretrained if backbone.pretrained is not None else RANDOM_INIT
+    return {"dataset": dataset, "model": backbone.name, "pretrained": pretrained, "task": task,
+            "metrics": metrics, "prompt": label, "backbone": backbone.describe()}
 
 
 def results_markdown(records: list[dict], columns: list[str]) -> str:
@@ -148,7 +151,7 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
         raise ValueError(f"{cfg.boxes}: boxes must be a COCO results list")
     unseen = read_name_set(cfg.unseen)
     if unseen is not None:  # match unseen names against the categories' names as the class list cleans them
-        from pomp.prompt import clean_classname
+        from pomp.data.names import clean_classname
 
         cleaned = {clean_classname(c["name"]): c["name"] for c in gt["categories"]}
         known = [cleaned[name] for name in unseen if name in cleaned]

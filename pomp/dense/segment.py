@@ -156,7 +156,7 @@ def read_label_map(path: Path) -> np.ndarray:
 def read_voc_split(root: str | Path, split: str = "val", classes: str | Path | None = None) -> SegmentationSet:
     """A VOC-layout split: ids from `ImageSets/Segmentation/<split>.txt`, class list from `classes`
     (default `ROOT/classes.txt`)."""
-    from pomp.data.folder import read_class_list
+    from pomp.data.names import read_class_list
 
     root = Path(root)
     ids_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -177,7 +177,7 @@ def read_name_set(path: str | Path | None) -> list[str] | None:
     """Class names, one a line (the unseen classes of a split), or None."""
     if path is None:
         return None
-    from pomp.data.folder import read_class_list
+    from pomp.data.names import read_class_list
 
     return read_class_list(path)
 

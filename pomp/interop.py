@@ -1,0 +1,245 @@
+"""Other systems' prompt files, in and out: Dassl checkpoints (official POMP, CoOp, CoCoOp, MaPLe) and ZSSeg's.
+
+Read (every file through `pomp.torchfile.read_torch_file`: tensors and plain containers are
+rebuilt, every other pickled object is an inert placeholder, no code from the file runs):
+- Dassl `save_checkpoint` (POMP's and CoOp's `prompt_learner/model.pth.tar-N`): `{'state_dict':
+  {...}, 'epoch', 'optimizer', 'scheduler', 'val_result'}`. The official POMP file holds an fp16
+  `ctx [n_ctx, width]` and the fixed token buffers `train_/test_token_prefix/suffix`; its
+  scheduler state holds a pickled `CosineAnnealingLR` (method.md §7).
+- detectron2 / ZSSeg (`PROMPT_LEARNER "pomp_tuned"` or ZSSeg's own learnable prompt):
+  `{'model': {'clip_adapter.prompt_learner.ctx' | '...prefix_prompt': ..., <the segmenter's weights>}}`.
+- a bare state dict holding `ctx`.
+Keys under `prompt_learner.` are the prompt learner's (MaPLe registers the whole model, so its
+file also holds the frozen CLIP towers, which are ignored). Accepted: one shared context
+`[n_ctx, width]` and the fixed token buffers (embeddings of the start token, class names and end
+token, recomputed from the class names anyway). Refused, in one line naming the tensors: any
+other learnable tensor of the prompt learner (CoCoOp's `meta_net.*`, MaPLe's `proj.*`,
+`compound_prompts_text.*`, `compound_prompt_projections.*`, a non-empty ZSSeg `suffix_prompt`,
+visual prompts `*VPT*`) and class-specific contexts `ctx [n_cls, n_ctx, width]`: pomp's prompt is
+one shared context before the class name, and dropping the rest would silently give other numbers
+than the system that trained them.
+
+Written: the official Dassl layout (`save_official`, ctx in fp16 by default, as the official
+checkpoints and Detic's fp16 feature-dump tool expect) and ZSSeg's (`save_zsseg`). Both build the
+same text as pomp: [SOS] ctx_1..ctx_n <name> . [EOS].
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from pomp.io import atomic_write
+from pomp.prompt import Prompt
+from pomp.torchfile import read_torch_file
+
+ZSSEG_KEY = "clip_adapter.prompt_learner.ctx"
+CONVERT_FORMATS = ("auto", "pomp", "official", "zsseg")
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+# Fixed token embeddings a prompt learner keeps as buffers: Dassl learners (CoOp, CoCoOp, MaPLe:
+# token_prefix/suffix; POMP: train_/test_ ones) and ZSSeg's learnable prompt (*_signal).
+FIXED_BUFFERS = {
+    "token_prefix", "token_suffix", "train_token_prefix", "train_token_suffix", "test_token_prefix",
+    "test_token_suffix", "start_signal", "dot_signal", "end_signal", "pad_signal",
+}
+CONTEXT_KEYS = ("ctx", "prefix_prompt")  # Dassl learners; ZSSeg's learnable prompt
+# What extra learnable tensors belong to, by name, for the refusal message.
+KNOWN_EXTRAS = (
+    ("meta_net.", "CoCoOp's meta-net"),
+    ("compound_prompts_text.", "MaPLe's deep text prompts"),
+    ("compound_prompt_projections.", "MaPLe's deep prompt projections"),
+    ("proj.", "MaPLe's text-to-vision projection"),
+    ("suffix_prompt", "a learnable suffix"),
+    ("VPT", "visual prompts"),
+)
+
+
+# --- reading -------------------------------------------------------------------------------------
+def _tensor_dict(value) -> dict[str, torch.Tensor] | None:
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        return value
+    return None
+
+
+def _describe_extras(names: list[str]) -> str:
+    owners = [label for marker, label in KNOWN_EXTRAS if any(marker in n for n in names)]
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return shown + (f" ({', '.join(owners)})" if owners else "")
+
+
+def prompt_from_state_dict(path: str | Path, state: dict, layout: str, epoch: int | None = None) -> Prompt:
+    """The shared context of a prompt learner's state dict, or a one-line refusal naming what cannot be kept.
+
+    Args:
+        path: the file, for messages and metadata.
+        state: tensor name -> tensor (a Dassl `state_dict`, a detectron2 `model`, or a bare dict).
+        layout: `dassl`, `zsseg` or `state_dict` (recorded as `imported_from`).
+        epoch: the checkpoint's epoch, when it has one.
+    """
+    if any("prompt_learner." in k for k in state):
+        learner = {k.split("prompt_learner.", 1)[1]: v for k, v in state.items() if "prompt_learner." in k}
+        outside = [k for k in state if "prompt_learner." not in k]
+    else:
+        learner, outside = dict(state), []
+    context_key = next((k for k in CONTEXT_KEYS if k in learner), None)
+    if context_key is None:
+        raise ValueError(f"{path}: no prompt context ({' or '.join(CONTEXT_KEYS)}) in the checkpoint's "
+                         f"{'state_dict' if layout == 'dassl' else 'model' if layout == 'zsseg' else 'tensors'}")
+    ctx = learner.pop(context_key)
+    if not isinstance(ctx, torch.Tensor) or not ctx.is_floating_point():
+        raise ValueError(f"{path}: {context_key} is not a float tensor")
+    if ctx.dim() == 3:
+        raise ValueError(f"{path}: {context_key} {tuple(ctx.shape)} holds class-specific contexts "
+                         "[n_cls, n_ctx, width]; pomp's prompt is one context shared by all classes")
+    if ctx.dim() != 2 or min(ctx.shape) < 1:
+        raise ValueError(f"{path}: {context_key} must be a shared [n_ctx, width] context, got {tuple(ctx.shape)}")
+    if not bool(torch.isfinite(ctx).all()):
+        raise ValueError(f"{path}: {context_key} holds NaN or inf values")
+    empty_suffix = isinstance(learner.get("suffix_prompt"), torch.Tensor) and learner["suffix_prompt"].numel() == 0
+    if empty_suffix:
+        learner.pop("suffix_prompt")
+    extras = [k for k, v in learner.items() if isinstance(v, torch.Tensor) and k not in FIXED_BUFFERS]
+    extras += [k for k in outside if "VPT" in k]
+    if extras:
+        raise ValueError(f"{path}: holds learnable tensors pomp cannot represent beside the shared context: "
+                         f"{_describe_extras(extras)}; pomp's prompt is one shared context only")
+    dropped = sorted(k for k in learner if k in FIXED_BUFFERS)
+    meta = {"source": str(path), "imported_from": layout, "ctx_dtype": str(ctx.dtype).replace("torch.", "")}
+    if epoch is not None:
+        meta["epoch"] = epoch
+    if dropped:
+        meta["fixed_buffers_ignored"] = dropped
+    return Prompt(ctx.detach().to(torch.float32).clone(), meta)
+
+
+def _epoch(checkpoint: dict) -> int | None:
+    epoch = checkpoint.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def load_checkpoint_prompt(path: str | Path) -> Prompt:
+    """Import the prompt of a Dassl, ZSSeg/detectron2 or bare-state-dict checkpoint (layout read off the file)."""
+    path = Path(path)
+    checkpoint = read_torch_file(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: a checkpoint must hold a dict, found {type(checkpoint).__name__}")
+    for key, layout in (("state_dict", "dassl"), ("model", "zsseg")):
+        state = _tensor_dict(checkpoint.get(key))
+        if state is not None:
+            return prompt_from_state_dict(path, state, layout, _epoch(checkpoint))
+    if any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return prompt_from_state_dict(path, checkpoint, "state_dict")
+    raise ValueError(f"{path}: neither a Dassl checkpoint ('state_dict'), a detectron2/ZSSeg one ('model') "
+                     f"nor a state dict (has keys {sorted(map(str, checkpoint))[:8]})")
+
+
+def load_official(path: str | Path) -> Prompt:
+    """Import a Dassl prompt-learner checkpoint (`model.pth.tar-N`: official POMP, CoOp) holding `state_dict['ctx']`."""
+    prompt = load_checkpoint_prompt(path)
+    if prompt.meta.get("imported_from") != "dassl":
+        raise ValueError(f"{path}: not a Dassl checkpoint (no 'state_dict')")
+    return prompt
+
+
+def load_zsseg(path: str | Path) -> Prompt:
+    """Import a ZSSeg / detectron2 checkpoint holding `model['...prompt_learner.ctx']`."""
+    prompt = load_checkpoint_prompt(path)
+    if prompt.meta.get("imported_from") != "zsseg":
+        raise ValueError(f"{path}: not a detectron2/ZSSeg checkpoint (no 'model')")
+    return prompt
+
+
+def load_any(path: str | Path) -> Prompt:
+    """Our format (`.safetensors` / `.json` / a folder), or any checkpoint `load_checkpoint_prompt` reads."""
+    path = Path(path)
+    if path.is_dir() or path.suffix in {".safetensors", ".json"}:
+        return Prompt.load(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found")
+    return load_checkpoint_prompt(path)
+
+
+# --- writing -------------------------------------------------------------------------------------
+def _ctx_as(prompt: Prompt, dtype: torch.dtype, path: str | Path) -> torch.Tensor:
+    ctx = prompt.ctx.detach().cpu().to(dtype).clone()
+    if not bool(torch.isfinite(ctx).all()):
+        raise ValueError(f"{path}: the context does not fit {str(dtype).replace('torch.', '')} (values overflow)")
+    return ctx
+
+
+def _epoch_for(prompt: Prompt, path: Path, epoch: int | None) -> int:
+    """The given epoch, else the prompt's own (`epochs` for pomp prompts, `epoch` for imported ones),
+    else the N of a `model.pth.tar-N` name, else 0."""
+    if epoch is not None:
+        return int(epoch)
+    for key in ("epochs", "epoch"):
+        value = prompt.meta.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    match = re.search(r"\.pth\.tar-(\d+)$", path.name)
+    return int(match.group(1)) if match else 0
+
+
+def save_official(prompt: Prompt, path: str | Path, epoch: int | None = None, dtype: str = "fp16") -> Path:
+    """Write the Dassl layout the official POMP code, CoOp and ZSSeg (`PROMPT_LEARNER "pomp"`) read.
+
+    `{'state_dict': {'ctx': [n_ctx, width]}, 'epoch', 'optimizer': None, 'scheduler': None, 'val_result': None}`;
+    ctx in `dtype` (`fp16`, what official checkpoints hold and Detic's fp16 dump tool needs, or `fp32`).
+    """
+    path = Path(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    checkpoint = {
+        "state_dict": {"ctx": _ctx_as(prompt, DTYPES[dtype], path)},
+        "epoch": _epoch_for(prompt, path, epoch),
+        "optimizer": None,
+        "scheduler": None,
+        "val_result": None,
+    }
+    return atomic_write(path, lambda p: torch.save(checkpoint, p))
+
+
+def save_zsseg(prompt: Prompt, path: str | Path, dtype: str = "fp32") -> Path:
+    """ZSSeg's detectron2-style prompt checkpoint (`PROMPT_LEARNER "pomp_tuned"`): `{'model': {ZSSEG_KEY: ctx}}`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    checkpoint = {"model": {ZSSEG_KEY: _ctx_as(prompt, DTYPES[dtype], path)}, "iteration": 0}
+    return atomic_write(path, lambda p: torch.save(checkpoint, p))
+
+
+def convert_prompt(
+    src: str | Path,
+    dst: str | Path,
+    backbone: str | None = None,
+    epoch: int | None = None,
+    fmt: str = "auto",
+    dtype: str | None = None,
+) -> Path:
+    """Convert a prompt between pomp (`.safetensors` + `.json`), the official Dassl `.pth.tar` and ZSSeg's
+    `model[...]` checkpoint. `fmt` "auto" picks official for a `.pth`/`.pth.tar-N` name, pomp otherwise;
+    the source format is read off the file. `dtype` (`fp16`/`fp32`) of the written ctx: default fp16
+    for the official format, fp32 for ZSSeg's; pomp's own files are always fp32."""
+    if fmt not in CONVERT_FORMATS:
+        raise ValueError(f"unknown prompt format {fmt!r}; choose from {CONVERT_FORMATS}")
+    dst = Path(dst)
+    if fmt == "auto":
+        fmt = "official" if ".pth" in dst.name or dst.name.startswith("model.pth.tar") else "pomp"
+    if dtype is not None and fmt == "pomp":
+        raise ValueError("--dtype applies to the official and zsseg formats; pomp prompts are stored in fp32")
+    prompt = load_any(src)
+    if fmt == "official":
+        return save_official(prompt, dst, epoch=epoch, dtype=dtype or "fp16")
+    if fmt == "zsseg":
+        return save_zsseg(prompt, dst, dtype=dtype or "fp32")
+    if backbone is not None:
+        prompt.meta["backbone"] = {"name": backbone}
+    return prompt.save(dst)
+
+
+__all__ = [
+    "convert_prompt", "load_any", "load_checkpoint_prompt", "load_official", "load_zsseg",
+    "prompt_from_state_dict", "save_official", "save_zsseg",
+]

@@ -1,0 +1,170 @@
+"""One reader for names files and class lists (`pomp.data.names`), and every command reading through it.
+
+Files are written as their producers write them: a Windows editor's UTF-8 with a BOM and CRLF
+line ends, macOS-style decomposed (NFD) accents, timm's WordNet lemma lists. Expected values are
+written out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+import warnings
+from pathlib import Path
+
+import pytest
+
+from pomp.cli import main
+from pomp.data.names import clean_classname, read_class_list, read_names_file, warn_coinciding_names
+
+REPO = Path(__file__).resolve().parents[1]
+LEMMAS = "n02123045\ttabby, tabby cat\nn02119789\tkit_fox, Vulpes macrotis\nn03063599\tcoffee mug\n"
+
+
+def one_line_error(capsys, rc: int, command: str, *needles: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --- the reader ------------------------------------------------------------------------------------
+def test_first_lemma_in_names_files_and_class_lists(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text(LEMMAS, encoding="utf-8")
+    assert read_names_file(names) == {"n02123045": "tabby", "n02119789": "kit fox", "n03063599": "coffee mug"}
+    assert read_class_list(names) == ["tabby", "kit fox", "coffee mug"]  # a names file used as a class list
+    plain = tmp_path / "vocab.txt"
+    plain.write_text("tabby, tabby cat\nkit_fox, Vulpes macrotis\ncoffee mug\n", encoding="utf-8")
+    assert read_class_list(plain) == ["tabby", "kit fox", "coffee mug"]
+
+
+def test_windows_file_with_bom_and_crlf_reads_like_a_unix_one(tmp_path):
+    unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
+    unix.write_bytes(LEMMAS.encode("utf-8"))
+    windows.write_bytes(("\ufeff" + LEMMAS.replace("\n", "\r\n") + "\r\n").encode("utf-8"))  # trailing blank line
+    assert read_names_file(windows) == read_names_file(unix)
+    assert list(read_names_file(windows))[0] == "n02123045"  # the BOM is not part of the first folder
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes("\ufeffcat\r\ndog\r\n\r\n\r\n".encode("utf-8"))
+    assert read_class_list(vocab) == ["cat", "dog"]
+
+
+def test_unicode_is_nfc_in_names_and_keys(tmp_path):
+    decomposed = unicodedata.normalize("NFD", "café")
+    assert decomposed != "café"
+    path = tmp_path / "names.txt"
+    path.write_text(f"{decomposed}_folder\tcrème {decomposed}\n", encoding="utf-8")
+    assert read_names_file(path) == {"café_folder": "crème café"}
+    assert clean_classname(decomposed) == "café"
+
+
+@pytest.mark.parametrize("text, line", [("cat\n\ndog\n", 2), ("\ncat\ndog\n", 1), ("cat\r\n \r\ndog\r\n", 2)])
+def test_blank_line_inside_a_class_list_is_an_error_naming_the_line(tmp_path, text, line):
+    path = tmp_path / "classes.txt"
+    path.write_bytes(text.encode("utf-8"))
+    with pytest.raises(ValueError, match=f"^{path}:{line}: blank line"):
+        read_class_list(path)
+
+
+def test_blank_line_inside_a_names_file_is_an_error(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("a\tcat\n\nb\tdog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^{path}:2: blank line"):
+        read_names_file(path)
+
+
+def test_coinciding_prompt_texts_are_listed_in_one_warning(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("crane\ndog\nCrane\ncrane_\nbat\nbat, club\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_class_list(path) == ["crane", "dog", "Crane", "crane", "bat", "bat"]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "\n" not in message and message.startswith(f"{path}: 5 classes share a prompt text")
+    assert "'crane' (classes 0, 2, 3)" in message and "'bat' (classes 4, 5)" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert warn_coinciding_names(["cat", "dog"], "x") == []
+    assert not caught
+
+
+def test_imagenet21k_p_shares_names_and_says_so_once():
+    from pomp.data.imagenet21k import names_mapping
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mapping = names_mapping("imagenet21k-p")
+    assert len(mapping) == 10450
+    assert len(caught) == 1
+    shared = int(str(caught[0].message).split(": ")[1].split(" classes")[0])
+    assert 1000 < shared < 2000 and len(set(mapping.values())) < 10450  # ~1,400 classes share a name
+
+
+# --- every command reads through it ----------------------------------------------------------------
+def test_embed_uses_the_first_lemma_and_refuses_gaps(backbone, tiny_config, tmp_path, capsys):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes("\ufefftabby, tabby cat\r\nkit_fox\r\n".encode("utf-8"))
+    out = tmp_path / "emb"
+    assert main(["embed", "--backbone", tiny_config, "--classes", str(vocab), "--out-dir", str(out)]) == 0
+    assert (out / "classnames.txt").read_text().splitlines() == ["tabby", "kit fox"]
+    gap = tmp_path / "gap.txt"
+    gap.write_text("cat\n\ndog\n", encoding="utf-8")
+    rc = main(["embed", "--backbone", tiny_config, "--classes", str(gap), "--out-dir", str(tmp_path / "no")])
+    one_line_error(capsys, rc, "embed", f"{gap}:2", "blank line")
+    assert not (tmp_path / "no").exists()
+
+
+def test_segment_class_list_gap_is_refused(tmp_path):
+    from pomp.dense.segment import read_name_set, read_voc_split
+
+    root = tmp_path / "voc"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    (root / "classes.txt").write_text("background\ntabby, tabby cat\n\ndog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{root / 'classes.txt'}:3: blank line"):
+        read_voc_split(root)
+    (root / "classes.txt").write_text("background\ntabby, tabby cat\ndog\n\n", encoding="utf-8")
+    assert read_voc_split(root).classnames == ["background", "tabby", "dog"]
+    (tmp_path / "unseen.txt").write_text("tabby, tabby cat\n", encoding="utf-8")
+    assert read_name_set(tmp_path / "unseen.txt") == ["tabby"]
+
+
+def test_eval_and_data_split_read_names_files_alike(class_folders, tmp_path, capsys):
+    from pomp.cli import _load_eval_data
+
+    names = class_folders / "names.txt"
+    lines = names.read_text().splitlines()
+    names.write_bytes(("\ufeff" + "\r\n".join(f"{line}, synonym" for line in lines) + "\r\n").encode("utf-8"))
+    images = _load_eval_data(str(class_folders / "images"), "test", None, str(names))
+    assert images.classnames[:2] == ["golden retriever", "tabby cat"]
+    split = tmp_path / "split.json"
+    assert main(["data", "split", "--train-root", str(class_folders / "images"), "--names", str(names),
+                 "--shots", "2", "--val-per-class", "1", "--out", str(split)]) == 0
+    assert {entry[2] for entry in json.loads(split.read_text())["train"]} == set(images.classnames)
+    names.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")
+    capsys.readouterr()
+    rc = main(["data", "split", "--train-root", str(class_folders / "images"), "--names", str(names),
+               "--out", str(tmp_path / "split2.json")])
+    one_line_error(capsys, rc, "data", f"{names}:2", "blank line")
+    assert not (tmp_path / "split2.json").exists()
+
+
+def test_cli_warnings_are_one_line(tiny_config, tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("crane\ncrane, bird\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pomp.cli", "embed", "--backbone", tiny_config, "--classes", str(vocab),
+                           "--out-dir", str(tmp_path / "e")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "No pretrained weights" not in line]
+    assert lines == [f"pomp embed: warning: {vocab}: 2 classes share a prompt text with another class and cannot be "
+                     "told apart: 'crane' (classes 0, 1)"]

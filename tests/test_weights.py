@@ -1,0 +1,246 @@
+"""Backbone weights as their producers ship them, built with the architecture they were trained with.
+
+- An OpenAI-style TorchScript release, made the way OpenAI made theirs: the CLIP network (QuickGELU),
+  its weights cast to fp16 by `convert_weights` (open_clip's `convert_weights_to_lp` is the same
+  function), the `input_resolution` / `context_length` / `vocab_size` tensors, `torch.jit.trace`,
+  `torch.jit.save`. Checked against open_clip's own `-quickgelu` model built from the same weights.
+- open_clip pretrained tags: the tag's config (`quick_gelu`) is honoured; checked against open_clip's
+  `create_model` given the same weights and `force_quick_gelu`.
+- Plain state dicts: one warning saying which activation is assumed and how to choose the other.
+- The identity (architecture, activation, weights) in `describe()`, prompt.json and result files,
+  and the one-line warning when a prompt meets another backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pomp
+from pomp.backbones.identity import sha256_of
+from pomp.backbones.open_clip import _other_activation_hint
+from pomp.cli import main
+from pomp.prompt import Prompt
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "tests/assets/tiny-clip.json")
+TEXTS = ["a photo of a cat.", "a hot air balloon", "X X X X tabby cat."]
+
+
+@pytest.fixture(scope="module")
+def tiny_quickgelu(tmp_path_factory) -> str:
+    """The tiny architecture with `quick_gelu: true`, registered with open_clip as `tiny-clip-quickgelu`."""
+    cfg = json.loads(Path(TINY).read_text())
+    path = tmp_path_factory.mktemp("cfg") / "tiny-clip-quickgelu.json"
+    path.write_text(json.dumps({**cfg, "quick_gelu": True}))
+    open_clip.add_model_config(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def openai_release(tmp_path_factory, tiny_quickgelu):
+    """(TorchScript archive, plain state dict file of the same weights) of a shrunk OpenAI-style CLIP."""
+    root = tmp_path_factory.mktemp("openai")
+    cfg = json.loads(Path(TINY).read_text())
+    torch.manual_seed(3)
+    model = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=True).eval()
+    with torch.no_grad():  # non-trivial weights everywhere, so a mis-mapped tensor cannot hide
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    open_clip.model.convert_weights_to_lp(model, torch.float16)  # OpenAI's convert_weights
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.register_buffer("input_resolution", torch.tensor(cfg["vision_cfg"]["image_size"]))
+    for name, value in (("context_length", 77), ("vocab_size", 49408)):
+        delattr(model, name)  # plain ints in open_clip; tensors in OpenAI's released archives
+        model.register_buffer(name, torch.tensor(value))
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.float16)
+    tokens = open_clip.get_tokenizer("ViT-B-16")(["a photo", "a dog"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(model, {"encode_image": (images,), "encode_text": (tokens,)},
+                                        check_trace=False)
+        torch.jit.save(traced, root / "ViT-tiny.pt")
+    torch.save(weights, root / "state_dict.pt")
+    return root / "ViT-tiny.pt", root / "state_dict.pt"
+
+
+def features(model_or_backbone, pixels):
+    with torch.no_grad():
+        if isinstance(model_or_backbone, pomp.Backbone):
+            return model_or_backbone.encode_images(pixels).float(), model_or_backbone.encode_texts(TEXTS).float()
+        tokens = open_clip.get_tokenizer("ViT-B-16")(TEXTS)
+        return model_or_backbone.encode_image(pixels).float(), model_or_backbone.encode_text(tokens).float()
+
+
+def reference(config: str, state_dict: Path):
+    """open_clip's own model of `config`, loaded by open_clip from a state dict file."""
+    name = Path(config).stem
+    return open_clip.create_model(name, pretrained=str(state_dict), weights_only=True).eval()
+
+
+# --- OpenAI's TorchScript release -------------------------------------------------------------------
+def test_torchscript_release_equals_open_clips_quickgelu_model(openai_release, tiny_quickgelu, monkeypatch):
+    archive, state_dict = openai_release
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load runs the archive's code and must not be called")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    backbone = pomp.load_backbone(TINY, pretrained=str(archive))  # the GELU config name, as a user would give
+    identity = backbone.describe()
+    assert identity["architecture"] == "tiny-clip" and identity["activation"] == "quick_gelu"
+    assert identity["weights"] == {"file": "ViT-tiny.pt", "sha256": sha256_of(archive)[:16], "format": "torchscript"}
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = features(backbone, pixels)
+    theirs = features(reference(tiny_quickgelu, state_dict), pixels)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    gelu = features(reference(TINY, state_dict), pixels)  # the same weights in the wrong architecture differ
+    assert (gelu[0] - theirs[0]).abs().max() > 1e-3 and (gelu[1] - theirs[1]).abs().max() > 1e-3
+
+
+def test_torchscript_of_another_architecture_is_refused_in_one_line(openai_release, tmp_path, capsys):
+    archive, _ = openai_release
+    other = json.loads(Path(TINY).read_text())
+    other["vision_cfg"]["width"] = 96
+    config = tmp_path / "tiny-wide.json"
+    config.write_text(json.dumps(other))
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\n")
+    rc = main(["embed", "--backbone", str(config), "--pretrained", str(archive), "--classes", str(vocab),
+               "--out-dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "TorchScript weights do not fit" in err[0] and "of another shape" in err[0]
+
+
+# --- plain state dicts and tags ---------------------------------------------------------------------
+def test_plain_state_dict_says_which_activation_it_assumes(openai_release, tiny_quickgelu):
+    _, state_dict = openai_release
+    with pytest.warns(UserWarning) as caught:
+        gelu = pomp.load_backbone(TINY, pretrained=str(state_dict))
+    notes = [str(w.message) for w in caught if "activation" in str(w.message)]
+    assert notes == [f"{state_dict}: a state dict does not record its activation; assuming GELU as {TINY} says "
+                     f'(for the other set "quick_gelu": true in {TINY})']
+    assert gelu.describe()["activation"] == "gelu" and gelu.describe()["weights"]["format"] == "state_dict"
+    with pytest.warns(UserWarning, match="assuming QuickGELU"):
+        quick = pomp.load_backbone(tiny_quickgelu, pretrained=str(state_dict))
+    assert quick.describe()["activation"] == "quick_gelu"
+
+
+def test_activation_hints_name_the_twin_model():
+    assert _other_activation_hint("ViT-B-16", "ViT-B-16", False) == \
+        "for QuickGELU weights (OpenAI's CLIP) use ViT-B-16-quickgelu"
+    assert _other_activation_hint("ViT-B-16-quickgelu", "ViT-B-16-quickgelu", True) == "for GELU weights use ViT-B-16"
+    assert open_clip.get_pretrained_cfg("ViT-B-16", "openai")["quick_gelu"] is True  # the README's headline tag
+
+
+def _register_tag(monkeypatch, tag: str, **cfg) -> None:
+    """A pretrained tag of the tiny model in open_clip's own registry (what `get_pretrained_cfg` reads)."""
+    entry = {"url": "", "hf_hub": "", "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
+             "interpolation": "bicubic", "resize_mode": "shortest", **cfg}
+    tags = dict(open_clip.pretrained._PRETRAINED.get("tiny-clip", {}), **{tag: entry})
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-clip", tags)
+
+
+def test_tag_config_activation_is_honoured(openai_release, tiny_quickgelu, monkeypatch):
+    _, state_dict = openai_release
+    open_clip.add_model_config(TINY)
+    _register_tag(monkeypatch, "openai_like", file=str(state_dict), quick_gelu=True)  # open_clip reads 'file'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = open_clip.create_model("tiny-clip", pretrained="openai_like")  # what pomp used to do
+        backbone = pomp.load_backbone(TINY, pretrained="openai_like")
+    mismatch = [str(w.message) for w in caught if "QuickGELU mismatch" in str(w.message)]
+    assert len(mismatch) == 1  # open_clip's own warning for its GELU build; none for pomp's
+    assert backbone.describe()["activation"] == "quick_gelu" and backbone.describe()["weights"] == {"tag": "openai_like"}
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    honoured = open_clip.create_model("tiny-clip", pretrained="openai_like", force_quick_gelu=True).eval()
+    for a, b in zip(features(backbone, pixels), features(honoured, pixels)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert (features(plain.eval(), pixels)[0] - features(honoured, pixels)[0]).abs().max() > 1e-3
+
+
+def test_local_copy_of_a_release_is_recognised_by_its_checksum(openai_release, monkeypatch):
+    _, state_dict = openai_release
+    sha = sha256_of(state_dict)
+    _register_tag(monkeypatch, "openai_copy", quick_gelu=True,
+                  url=f"https://openaipublic.azureedge.net/clip/models/{sha}/tiny.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = pomp.load_backbone(TINY, pretrained=str(state_dict))
+    assert not [w for w in caught if "activation" in str(w.message)]
+    assert backbone.describe()["activation"] == "quick_gelu"
+    assert backbone.describe()["weights"]["tag"] == "openai_copy"
+
+
+def test_bad_weights_get_one_line(tmp_path, capsys):
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\n")
+    other = tmp_path / "other.pt"
+    torch.save({"visual.proj": torch.zeros(3, 3)}, other)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "sched": torch.optim.lr_scheduler.StepLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 1)}, pickled)
+    for weights, needle in ((other, "weights do not fit"), (pickled, "torch.optim.lr_scheduler.StepLR"),
+                            ("no-such-tag", "neither a file nor a pretrained tag")):
+        rc = main(["embed", "--backbone", TINY, "--pretrained", str(weights), "--classes", str(vocab),
+                   "--out-dir", str(tmp_path / "e")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], err
+        assert "weights_only" not in err[0] and "\x1b" not in err[0]
+
+
+# --- identity in files, and the mismatch warning --------------------------------------------------
+def test_identity_recorded_and_other_backbone_warned_once(openai_release, class_folders, tmp_path):
+    archive, _ = openai_release
+    random_tiny = pomp.load_backbone(TINY)
+    prompt = Prompt.init(random_tiny, n_ctx=4, seed=0)
+    prompt.save(tmp_path / "p.safetensors")
+    recorded = json.loads((tmp_path / "p.json").read_text())["backbone"]
+    assert recorded["architecture"] == "tiny-clip" and recorded["activation"] == "gelu"
+    assert recorded["weights"] == {"random_init_seed": 0}
+
+    loaded = Prompt.load(tmp_path / "p.safetensors")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded.check_compatible(random_tiny)  # the same backbone: nothing to say
+        openai_like = pomp.load_backbone(TINY, pretrained=str(archive))  # same widths, another model
+        loaded.encode_class_features(openai_like, ["cat", "dog"])
+        loaded.encode_class_features(openai_like, ["cat"])
+    messages = [str(w.message) for w in caught if "another backbone" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert messages[0].startswith(f"{tmp_path / 'p.safetensors'}: prompt trained with another backbone")
+    assert "activation gelu vs quick_gelu" in messages[0] and "weights random init vs ViT-tiny.pt" in messages[0]
+
+    out = tmp_path / "eval"
+    with pytest.warns(UserWarning, match="another backbone"):
+        assert main(["eval", "--backbone", TINY, "--pretrained", str(archive), "--prompt", str(tmp_path / "p.json"),
+                     "--data", str(class_folders / "images"), "--names", str(class_folders / "names.txt"),
+                     "--out-dir", str(out), "--num-workers", "0", "--device", "cpu"]) == 0
+    record = json.loads(next(out.glob("images__*.json")).read_text())
+    assert record["pretrained"] == str(archive)
+    assert record["backbone"]["activation"] == "quick_gelu" and record["backbone"]["weights"]["format"] == "torchscript"
+    config = json.loads((out / "config" / "eval_config.json").read_text())
+    assert config["backbone_info"]["weights"]["sha256"] == sha256_of(archive)[:16]
+
+
+def test_unknown_precision_is_refused_at_load():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        pomp.load_backbone(TINY, precision="fp8")
+
+
+def test_texts_equal_open_clip_after_normalisation(openai_release):
+    """Sanity of the comparison helper: normalised features of the archive equal open_clip's encode_text."""
+    archive, _ = openai_release
+    backbone = pomp.load_backbone(TINY, pretrained=str(archive))
+    tokens = backbone.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = F.normalize(backbone.encode_texts(TEXTS).float(), dim=-1)
+        theirs = backbone.model.encode_text(tokens, normalize=True).float()
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
