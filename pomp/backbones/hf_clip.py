@@ -128,12 +128,12 @@ class HFCLIPBackbone(Backbone):
         return desc
 
     # --- text side ---------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> torch.Tensor:
         encoded = self.tokenizer(
             list(texts),
             padding="max_length",
             truncation=True,
-            max_length=self.context_length,
+            max_length=context_length or self.context_length,
             return_tensors="pt",
         )
         return encoded["input_ids"].long()
