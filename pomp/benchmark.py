@@ -27,7 +27,7 @@ import torch
 
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, load_test_set
-from pomp.data.folder import ImageDataset
+from pomp.data.folder import ImageDataset, LabelledImages
 from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
@@ -184,27 +184,39 @@ def run_benchmark(
     text_side: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
     # the image tower runs under autocast on CUDA only; the precision it ran at is part of the cache key
     effective_precision = precision if backbone.device.type == "cuda" else "fp32"
+    # Pass 1, text side: every dataset's classifiers before any image is encoded, so a class name that does
+    # not fit the text context is reported (as that dataset's error) before the image towers run.
+    found: dict[str, LabelledImages] = {}
     for key in datasets:
         try:
             images = load_test_set(key, data_root)
+            for label, kwargs in classifiers:
+                cache_key = (label, tuple(images.classnames))
+                if cache_key not in text_side:
+                    text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs,
+                                                            source=str(Path(data_root) / LAYOUT_BY_KEY[key].folder))
+            found[key] = images
+        except DatasetMissing as err:
+            run.skipped[key] = str(err).split(": ", 1)[1]
+            log(f"skipped {err}")
+        except (ValueError, OSError, RuntimeError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            run.failed[key] = message
+            log(f"error   {key}: {message}")
+    for key, images in found.items():
+        try:
             feats = cached_image_features(
                 cache_root / key if cache_root is not None else None, backbone,
                 ImageDataset(images, backbone.eval_transform()), {"precision": effective_precision},
                 batch_size=batch_size, num_workers=num_workers,
                 precision=precision, desc=f"{key} features", progress=progress)
-        except DatasetMissing as err:
-            run.skipped[key] = str(err).split(": ", 1)[1]
-            log(f"skipped {err}")
-            continue
         except (ValueError, OSError, RuntimeError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             run.failed[key] = message
             log(f"error   {key}: {message}")
             continue
-        for label, kwargs in classifiers:
+        for label, _ in classifiers:
             cache_key = (label, tuple(images.classnames))
-            if cache_key not in text_side:
-                text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
             metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,

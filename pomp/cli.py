@@ -105,6 +105,11 @@ def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | 
     return scan_class_folders(path, resolve_names(names))
 
 
+def _names_source(spec: str, names: str | None) -> str:
+    """Where a dataset's class names come from: its split JSON, else the names file, else its folder names."""
+    return spec if Path(spec).suffix == ".json" or not names else names
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
@@ -122,20 +127,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompt = load_any(args.prompt) if args.prompt else None
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
-    atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
     if prompt is not None:
         prompt.check_compatible(backbone)
         prompt.to(device)
     records = []
-    for images in datasets:
+    runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
+    runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
+    # Every class text first: a class name that does not fit the text context is reported before any image is encoded.
+    classifiers = [[build_classifier(backbone, images.classnames, source=_names_source(spec, args.names), **kwargs)
+                    for _, kwargs in runs] for images, spec in zip(datasets, args.data)]
+    atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
+    for images, dataset_classifiers in zip(datasets, classifiers):
         cache = Path(args.feature_cache) / images.name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
                                       desc=f"{images.name} features")
-        runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
-        runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
-        for label, kwargs in runs:
-            classifier = build_classifier(backbone, images.classnames, **kwargs)
+        for (label, _), classifier in zip(runs, dataset_classifiers):
             metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
             record = result_record(images.name, backbone, metrics, label,
                                    {"num_classes": len(images.classnames), "num_images": len(feats),
@@ -199,7 +206,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
                                    template=args.template if prompt is None else None,
-                                   config={**vars(args), "func": None})
+                                   config={**vars(args), "func": None}, source=args.classes)
     for p in paths:
         print(p)
     return 0
@@ -209,6 +216,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     from pomp.prompt import load_any
 
     print(json.dumps(load_any(args.prompt).describe(), indent=2))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from pomp.backbones import load_backbone
+
+    if args.name in ("minilm-efficientnet-lite0", "default") or args.name.startswith("hf:"):
+        backbone = load_backbone(args.name)
+    else:
+        from pomp.backbones.open_clip import load_open_clip_structure
+
+        backbone = load_open_clip_structure(args.name)  # structure and tokenizer only: no weights are built
+    print(json.dumps(backbone.resolved(args.n_ctx), indent=2))
     return 0
 
 
@@ -311,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a prompt's shape and metadata")
     p.add_argument("prompt", help="a pomp prompt or an official .pth.tar checkpoint")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("backbones", help="what pomp resolves for a model: prompt layout, pooling, widths, dense path",
+                       description="Print what pomp learned from a model and its tokenizer: where the context "
+                                   "vectors go (tokens before them, positions), how the text feature is pooled, "
+                                   "causal or not, whether cutting sequences is exact, text and joint widths, the "
+                                   "dense feature path. open_clip models are built on the meta device (no weights).")
+    p.add_argument("name", help="open_clip model name or model-config JSON, hf:<folder>, or minilm-efficientnet-lite0")
+    p.add_argument("--n-ctx", type=int, default=4, help="number of context vectors to lay out")
+    p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("convert", help="convert prompts: official Dassl .pth.tar <-> pomp safetensors+JSON",
                        description="SRC .pth.tar -> DST .safetensors imports an official POMP/CoOp checkpoint; "

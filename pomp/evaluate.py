@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
-from pomp.prompt import Prompt, clean_classname
+from pomp.prompt import Prompt, check_fit, clean_classname
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
@@ -30,34 +30,46 @@ def imagenet_templates() -> list[str]:
 
 
 @torch.no_grad()
-def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[str], chunk_size: int = 1024) -> torch.Tensor:
-    """`[C, D]` class features from a learned prompt."""
-    return prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size).float()
+def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[str], chunk_size: int = 1024,
+                      source: str | None = None) -> torch.Tensor:
+    """`[C, D]` class features from a learned prompt (`source`: where the class names came from, for errors)."""
+    return prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size, source=source).float()
 
 
 @torch.no_grad()
 def template_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] = (SINGLE_TEMPLATE,), chunk_size: int = 1024
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] = (SINGLE_TEMPLATE,), chunk_size: int = 1024,
+    source: str | None = None,
 ) -> torch.Tensor:
-    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised."""
+    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised.
+
+    A text cut by the tokenizer is refused like a learned prompt's, naming `source`, the class and the template.
+    """
     names = [clean_classname(c) for c in classnames]
     texts = [t.format(name) for name in names for t in templates]
-    feats = torch.cat([F.normalize(backbone.encode_texts(texts[i : i + chunk_size]).float(), dim=-1)
-                       for i in range(0, len(texts), chunk_size)])
-    feats = feats.view(len(names), len(templates), -1).mean(dim=1)
+    labels = [f"class {name!r}" + (f" in template {t!r}" if len(templates) > 1 else "") for name in names for t in templates]
+    feats = []
+    for i in range(0, len(texts), chunk_size):
+        tokens = check_fit(backbone, texts[i : i + chunk_size], labels[i : i + chunk_size], source)
+        feats.append(F.normalize(backbone.encode_tokens(tokens).float(), dim=-1))
+    feats = torch.cat(feats).view(len(names), len(templates), -1).mean(dim=1)
     return F.normalize(feats, dim=-1)
 
 
 def build_classifier(
-    backbone: Backbone, classnames: Sequence[str], prompt: Prompt | None = None, baseline: str | None = None
+    backbone: Backbone, classnames: Sequence[str], prompt: Prompt | None = None, baseline: str | None = None,
+    source: str | None = None,
 ) -> torch.Tensor:
-    """A classifier from a prompt, or from `baseline` = "single" ("a photo of a {}.") or "ensemble" (80 templates)."""
+    """A classifier from a prompt, or from `baseline` = "single" ("a photo of a {}.") or "ensemble" (80 templates).
+
+    `source` (the names file or data the classes came from) is named when a class does not fit the text context.
+    """
     if prompt is not None:
-        return prompt_classifier(prompt, backbone, classnames)
+        return prompt_classifier(prompt, backbone, classnames, source=source)
     if baseline == "single":
-        return template_classifier(backbone, classnames, [SINGLE_TEMPLATE])
+        return template_classifier(backbone, classnames, [SINGLE_TEMPLATE], source=source)
     if baseline == "ensemble":
-        return template_classifier(backbone, classnames, imagenet_templates())
+        return template_classifier(backbone, classnames, imagenet_templates(), source=source)
     raise ValueError(f"unknown baseline {baseline!r}; choose 'single' or 'ensemble'")
 
 
