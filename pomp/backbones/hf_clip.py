@@ -84,6 +84,8 @@ class HFCLIPBackbone(Backbone):
         processor_config: the parsed `preprocessor_config.json` (empty: CLIP defaults).
     """
 
+    pooling = "end token (eos id; the largest id in legacy configs)"
+
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, processor_config: dict | None = None):
         super().__init__()
         self.model = model

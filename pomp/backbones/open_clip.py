@@ -357,7 +357,8 @@ class OpenCLIPBackbone(Backbone):
         visual = self.model.visual
         info["image_tower"] = (f"timm {type(visual.trunk).__name__}" if hasattr(visual, "trunk")
                                else type(visual).__name__)
-        info["text_tower"] = type(self._path.module).__name__
+        text = self._path.module
+        info["text_tower"] = "TextTransformer" if text is self.model else type(text).__name__
         info["model_class"] = type(self.model).__name__
         info["fast_causal_text_path"] = self.fast_text_supported
         if self.dense_path is None:
