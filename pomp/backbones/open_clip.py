@@ -194,7 +194,12 @@ class HFTextPath:
 
     @property
     def pooling(self) -> str:
-        return f"{type(self.module.pooler).__name__} over non-pad tokens ({self.module.config.model_type})"
+        kind = type(self.module.pooler).__name__
+        if kind == "MeanPooler":
+            return "mean over non-pad tokens"
+        if kind in ("ClsPooler", "ClsLastHiddenStatePooler"):
+            return "first token, padding masked"
+        return f"{kind} (whole context)"
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.get_input_embeddings()(tokens)
