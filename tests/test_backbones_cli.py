@@ -116,6 +116,17 @@ def test_backbones_command_hub_model_offline_is_one_line(capsys, monkeypatch):
     assert_one_line_error(rc, capsys.readouterr().err, "backbones", "unknown open_clip model")
 
 
+def test_text_tower_without_a_pooled_feature_is_one_line(tmp_path, capsys):
+    cfg = {"embed_dim": 32, "custom_text": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1,
+                        "pool_type": "none"}}
+    path = tmp_path / "no-pool.json"
+    path.write_text(json.dumps(cfg))
+    rc = main(["backbones", str(path)])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "no-pool.json", "pooling 'none'")
+
+
 def test_eval_hub_model_offline_is_one_line(class_folders, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc = main(["eval", "--backbone", "ViT-B-16-SigLIP", "--baseline", "single", "--data", str(class_folders / "images"),

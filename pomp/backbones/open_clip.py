@@ -232,6 +232,9 @@ def text_path_of(model: nn.Module, name: str):
         from open_clip.hf_model import HFTextEncoder
 
         if isinstance(text, TextTransformer):
+            if text.cls_emb is None and text.pool_type not in ("argmax", "eos", "first", "last"):
+                raise ValueError(f"{name}: text pooling {text.pool_type!r} gives no single text feature to "
+                                 "match images against")
             return TransformerTextPath(model)
         if isinstance(text, HFTextEncoder):
             return HFTextPath(text)
