@@ -38,7 +38,10 @@ def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[s
 
 @torch.no_grad()
 def template_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] = (SINGLE_TEMPLATE,), chunk_size: int = 1024,
+    backbone: Backbone,
+    classnames: Sequence[str],
+    templates: Sequence[str] = (SINGLE_TEMPLATE,),
+    chunk_size: int = 1024,
     source: str | None = None,
 ) -> torch.Tensor:
     """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised.
@@ -47,7 +50,8 @@ def template_classifier(
     """
     names = [clean_classname(c) for c in classnames]
     texts = [t.format(name) for name in names for t in templates]
-    labels = [f"class {name!r}" + (f" in template {t!r}" if len(templates) > 1 else "") for name in names for t in templates]
+    labels = [f"class {name!r}" + (f" in template {t!r}" if len(templates) > 1 else "")
+              for name in names for t in templates]
     feats = []
     for i in range(0, len(texts), chunk_size):
         tokens = check_fit(backbone, texts[i : i + chunk_size], labels[i : i + chunk_size], source)

@@ -171,9 +171,10 @@ class Prompt(nn.Module):
 
         Sequences are cut after the longest `vocab.lengths` among `ids` (`Backbone.sequence_lengths`):
         exact on causal text towers, since no token before the EOT attends to what follows it, and
-        with a padding mask on non-causal ones; towers where no cut is exact run the full context. With `length_buckets` > 1 the classes are sorted by
-        length and encoded in that many groups, each cut to its own longest sequence: less
-        padding, same features, still one call (so DDP sees one forward).
+        with a padding mask on non-causal ones; towers where no cut is exact run the full context.
+        With `length_buckets` > 1 the classes are sorted by length and encoded in that many groups,
+        each cut to its own longest sequence: less padding, same features, still one call (so DDP
+        sees one forward).
         """
         if ids is None:
             ids = torch.arange(len(vocab))

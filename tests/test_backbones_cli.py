@@ -192,6 +192,7 @@ def test_benchmark_checks_every_vocabulary_before_image_features(backbone, tmp_p
     monkeypatch.setattr(bench, "cached_image_features", recording)
     run = bench.run_benchmark(root, ["eurosat", "dtd"], backbone, [("baseline:single", {"baseline": "single"})],
                               tmp_path / "out", None, num_workers=0, progress=False, log=events.append)
-    assert "eurosat" in run.failed and "does not fit" in run.failed["eurosat"] and "river river" in run.failed["eurosat"]
+    assert "eurosat" in run.failed
+    assert "does not fit" in run.failed["eurosat"] and "river river" in run.failed["eurosat"]
     assert events[0].startswith("error   eurosat:") and events[1:] and events[1] == "features dtd"
     assert {r["dataset"] for r in run.records} == {"dtd"}

@@ -176,6 +176,17 @@ def test_left_padding_tokenizer_is_refused(zoo_dir, tmp_path):
         Prompt.init(backbone, n_ctx=4)
 
 
+def test_init_words_on_a_bidirectional_tower_count_their_own_tokens(zoo_dir):
+    """MobileCLIP-S: "a photo of a" is 4 tokens (not context length - 2), and n_ctx=4 is accepted."""
+    model, tokenizer, backbone = family("MobileCLIP-S1", zoo_dir)
+    prompt = Prompt.init(backbone, n_ctx=4, init="a photo of a")
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, ["cat"])
+    torch.testing.assert_close(ours, own_text_features(model, tokenizer, ["a photo of a cat."]), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="is 4 tokens but n_ctx=3; pass n_ctx=4"):
+        Prompt.init(backbone, n_ctx=3, init="a photo of a")
+
+
 def test_init_words_must_match_n_ctx_on_a_tokenizer_without_start_token(zoo_dir):
     _, tokenizer, backbone = family("ViT-L-14-worldwide", zoo_dir)
     pieces = len(tokenizer.tokenizer.tokenize("a photo of a"))  # the stand-in's pieces, no special tokens

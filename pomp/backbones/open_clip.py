@@ -272,7 +272,8 @@ class OpenCLIPBackbone(Backbone):
         The attribute `fast_text` can be switched at any time; unsupported towers ignore it."""
         super().__init__()
         if not callable(tokenizer):
-            raise ValueError(f"{name}: the tokenizer must be callable (an open_clip tokenizer), got {type(tokenizer).__name__}")
+            raise ValueError(f"{name}: the tokenizer must be callable (an open_clip tokenizer), "
+                             f"got {type(tokenizer).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -644,7 +645,8 @@ def load_open_clip_structure(name_or_config: str) -> OpenCLIPBackbone:
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing .json config)")
+        raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing "
+                         ".json config)")
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
 
     def build():
@@ -672,7 +674,8 @@ def from_open_clip_model(
     if not isinstance(model, nn.Module) or not hasattr(model, "visual"):
         raise ValueError(f"expected an open_clip model (with .visual and a text tower), got {type(model).__name__}")
     if tokenizer is None:
-        raise ValueError("give the model's tokenizer: pomp.load_backbone(model, tokenizer=open_clip.get_tokenizer(name))")
+        raise ValueError("give the model's tokenizer: "
+                         "pomp.load_backbone(model, tokenizer=open_clip.get_tokenizer(name))")
     if device is not None:
         model = model.to("cuda" if device == "auto" and torch.cuda.is_available() else
                          "cpu" if device == "auto" else device)
