@@ -1,4 +1,9 @@
-"""Any open_clip CLIP as a POMP backbone: built-in names, model-config JSON files, local checkpoints."""
+"""Any open_clip model as a POMP backbone: built-in names, model-config JSON files, local checkpoints, model objects.
+
+Every model class open_clip builds (CLIP, CustomTextCLIP, CoCa) with any of its image towers (open_clip
+ViT, ModifiedResNet, timm) and text towers (open_clip TextTransformer, causal or not; Hugging Face
+encoders). What the prompt needs is read from the model and its tokenizer (`pomp backbones NAME`).
+"""
 
 from __future__ import annotations
 
@@ -188,6 +193,9 @@ class HFTextPath:
 
         self.module = text
         self.encoder = text.transformer
+        if text.config.pad_token_id is None:
+            raise ValueError(f"{type(self.encoder).__name__}: the Hugging Face text config has no pad_token_id, "
+                             "so the attention mask of the text tower is undefined")
         self.pad_id = int(text.config.pad_token_id)
         self.width = int(self.encoder.get_input_embeddings().weight.shape[1])
         self._maskable = isinstance(text.pooler, (MeanPooler, ClsPooler, ClsLastHiddenStatePooler))
