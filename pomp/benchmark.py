@@ -29,7 +29,7 @@ import torch
 
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
-from pomp.data.folder import ImageDataset
+from pomp.data.folder import ImageDataset, LabelledImages
 from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
                            write_classnames, write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
@@ -169,6 +169,13 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
+def _text_key(label: str, kwargs: dict, dataset: str, classnames: Sequence[str]) -> tuple:
+    """Classifiers equal when label, templates and class names are (ImageNet, -V2, -Sketch share theirs)."""
+    baseline = kwargs.get("baseline")
+    templates = tuple(baseline_record(baseline, dataset)["templates"]) if baseline else ()
+    return (label, templates, tuple(classnames))
+
+
 def run_benchmark(
     data_root: str | Path,
     datasets: Sequence[str],
@@ -190,21 +197,35 @@ def run_benchmark(
     out_dir = Path(out_dir)
     run = BenchmarkRun(datasets=list(datasets))
     cache_root = Path(feature_cache) / backbone_slug(backbone) if feature_cache is not None else None
-    text_side: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
+    text_side: dict[tuple, torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
     # the image tower runs under autocast on CUDA only; the precision it ran at is part of the cache key
     effective_precision = precision if backbone.device.type == "cuda" else "fp32"
+    # Pass 1, text side: every dataset's classifiers before any image is encoded, so a class name that does
+    # not fit the text context is reported (as that dataset's error) before the image towers run.
+    found: dict[str, LabelledImages] = {}
     for key in datasets:
         try:
             images = load_test_set(key, data_root)
+            for label, kwargs in classifiers:
+                cache_key = _text_key(label, kwargs, key, images.classnames)
+                if cache_key not in text_side:
+                    text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs, dataset=key,
+                                                            source=str(Path(data_root) / LAYOUT_BY_KEY[key].folder))
+            found[key] = images
+        except DatasetMissing as err:
+            run.skipped[key] = str(err).split(": ", 1)[1]
+            log(f"skipped {err}")
+        except (ValueError, OSError, RuntimeError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            run.failed[key] = message
+            log(f"error   {key}: {message}")
+    for key, images in found.items():
+        try:
             feats = cached_image_features(
                 cache_root / key if cache_root is not None else None, backbone,
                 ImageDataset(images, backbone.eval_transform()), {"precision": effective_precision},
                 batch_size=batch_size, num_workers=num_workers,
                 precision=precision, desc=f"{key} features", progress=progress)
-        except DatasetMissing as err:
-            run.skipped[key] = str(err).split(": ", 1)[1]
-            log(f"skipped {err}")
-            continue
         except (ValueError, OSError, RuntimeError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             run.failed[key] = message
@@ -215,13 +236,9 @@ def run_benchmark(
         for label, kwargs in classifiers:
             baseline = kwargs.get("baseline")
             templates = baseline_record(baseline, key) if baseline else {}
-            if baseline == "dataset":
-                kwargs = {**kwargs, "dataset": key}
-                if templates["templates_source"].startswith("fallback"):
-                    log(f"note    {key}: {label}: {templates['templates_source']}")
-            cache_key = (label, tuple(templates.get("templates", ())), tuple(images.classnames))
-            if cache_key not in text_side:
-                text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
+            if baseline == "dataset" and templates["templates_source"].startswith("fallback"):
+                log(f"note    {key}: {label}: {templates['templates_source']}")
+            cache_key = _text_key(label, kwargs, key, images.classnames)
             metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,

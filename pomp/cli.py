@@ -121,14 +121,20 @@ def _names_source(spec: str, names: str | None) -> str:
     return f"names {names}" if names else f"folder names under {spec}"
 
 
+def _names_file(spec: str, names: str | None) -> str:
+    """The file (or folder) a dataset's class names come from: its split JSON, else the names file, else the
+    folder; named in errors about a class."""
+    return spec if Path(spec).suffix == ".json" or not names else names
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
     from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
                                write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
-    from pomp.io import atomic_write_json, check_writable_dir
     from pomp.interop import load_any
+    from pomp.io import atomic_write_json, check_writable_dir
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
@@ -139,24 +145,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
-    # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
-    atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
-                      {**vars(args), "func": None, "backbone_info": backbone.describe()})
     if prompt is not None:
         prompt.check_compatible(backbone)
         prompt.to(device)
+    runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
+    runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
+    # Every class text first: a class name that does not fit the text context is reported before any image is encoded.
+    classifiers = [[build_classifier(backbone, images.classnames, source=_names_file(spec, args.names),
+                                     dataset=images.name, **kwargs) for _, kwargs in runs]
+                   for images, spec in zip(datasets, args.data)]
+    # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
+    atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
+                      {**vars(args), "func": None, "backbone_info": backbone.describe()})
     records = []
-    for spec, images in zip(args.data, datasets):
+    for spec, images, dataset_classifiers in zip(args.data, datasets, classifiers):
         cache = Path(args.feature_cache) / images.name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
                                       desc=f"{images.name} features")
-        runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
-        runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
         names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
         vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
-        for label, kwargs in runs:
-            classifier = build_classifier(backbone, images.classnames, **kwargs)
+        for (label, kwargs), classifier in zip(runs, dataset_classifiers):
             metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
                      "skipped_images": feats.skipped, "classnames": vocabulary}
@@ -223,7 +232,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
                                    template=args.template if prompt is None else None,
-                                   config={**vars(args), "func": None})
+                                   config={**vars(args), "func": None}, source=args.classes)
     for p in paths:
         print(p)
     return 0
@@ -233,6 +242,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     from pomp.interop import load_any
 
     print(json.dumps(load_any(args.prompt).describe(), indent=2))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from pomp.backbones import load_backbone
+
+    if args.name in ("minilm-efficientnet-lite0", "default") or args.name.startswith("hf:"):
+        backbone = load_backbone(args.name)
+    else:
+        from pomp.backbones.open_clip import load_open_clip_structure
+
+        backbone = load_open_clip_structure(args.name)  # structure and tokenizer only: no weights are built
+    print(json.dumps(backbone.resolved(args.n_ctx), indent=2))
     return 0
 
 
@@ -339,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a prompt's shape and metadata")
     p.add_argument("prompt", help="a pomp prompt or an official .pth.tar checkpoint")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("backbones", help="what pomp resolves for a model: prompt layout, pooling, widths, dense path",
+                       description="Print what pomp learned from a model and its tokenizer: where the context "
+                                   "vectors go (tokens before them, positions), how the text feature is pooled, "
+                                   "causal or not, whether cutting sequences is exact, text and joint widths, the "
+                                   "dense feature path. open_clip models are built on the meta device (no weights).")
+    p.add_argument("name", help="open_clip model name or model-config JSON, hf:<folder>, or minilm-efficientnet-lite0")
+    p.add_argument("--n-ctx", type=int, default=4, help="number of context vectors to lay out")
+    p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("convert", help="convert prompts: official Dassl .pth.tar <-> pomp safetensors+JSON",
                        description="SRC .pth.tar -> DST .safetensors imports an official POMP/CoOp checkpoint; "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.data.names import clean_classname
-from pomp.prompt import Prompt
+from pomp.prompt import Prompt, check_fit
 from pomp.ranking import class_scores, top_k_first_index
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -34,21 +34,33 @@ def imagenet_templates() -> list[str]:
 
 
 @torch.no_grad()
-def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[str], chunk_size: int = 1024) -> torch.Tensor:
-    """`[C, D]` class features from a learned prompt."""
-    return prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size).float()
+def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[str], chunk_size: int = 1024,
+                      source: str | None = None) -> torch.Tensor:
+    """`[C, D]` class features from a learned prompt (`source`: where the class names came from, for errors)."""
+    return prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size, source=source).float()
 
 
 @torch.no_grad()
 def template_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] = (SINGLE_TEMPLATE,), chunk_size: int = 1024
+    backbone: Backbone,
+    classnames: Sequence[str],
+    templates: Sequence[str] = (SINGLE_TEMPLATE,),
+    chunk_size: int = 1024,
+    source: str | None = None,
 ) -> torch.Tensor:
-    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised."""
+    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised.
+
+    A text cut by the tokenizer is refused like a learned prompt's, naming `source`, the class and the template.
+    """
     names = [clean_classname(c) for c in classnames]
     texts = [t.format(name) for name in names for t in templates]
-    feats = torch.cat([F.normalize(backbone.encode_texts(texts[i : i + chunk_size]).float(), dim=-1)
-                       for i in range(0, len(texts), chunk_size)])
-    feats = feats.view(len(names), len(templates), -1).mean(dim=1)
+    labels = [f"class {name!r}" + (f" in template {t!r}" if len(templates) > 1 else "")
+              for name in names for t in templates]
+    feats = []
+    for i in range(0, len(texts), chunk_size):
+        tokens = check_fit(backbone, texts[i : i + chunk_size], labels[i : i + chunk_size], source)
+        feats.append(F.normalize(backbone.encode_tokens(tokens).float(), dim=-1))
+    feats = torch.cat(feats).view(len(names), len(templates), -1).mean(dim=1)
     return F.normalize(feats, dim=-1)
 
 
@@ -124,9 +136,13 @@ def build_classifier(
     prompt: Prompt | None = None,
     baseline: str | None = None,
     dataset: str | None = None,
+    source: str | None = None,
 ) -> torch.Tensor:
     """`[C, D]` classifier from a prompt, or from a hand-crafted `baseline` (see `baseline_templates`;
     "dataset" needs `dataset`, the benchmark key or data name the classes belong to).
+
+    `source` (the names file or data the classes came from) is named when a class does not fit the
+    text context.
 
     Each distinct name (after `clean_classname`) is encoded once and its features shared by every
     class carrying it, so repeated names get identical rows and tie exactly (`pomp.ranking`).
@@ -134,9 +150,9 @@ def build_classifier(
     names = [clean_classname(c) for c in classnames]
     distinct = list(dict.fromkeys(names))
     if prompt is not None:
-        features = prompt_classifier(prompt, backbone, distinct)
+        features = prompt_classifier(prompt, backbone, distinct, source=source)
     else:
-        features = template_classifier(backbone, distinct, baseline_templates(baseline, dataset)[0])
+        features = template_classifier(backbone, distinct, baseline_templates(baseline, dataset)[0], source=source)
     if len(distinct) == len(names):
         return features
     row = {name: i for i, name in enumerate(distinct)}

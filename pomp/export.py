@@ -32,15 +32,19 @@ def write_class_embeddings(
     prompt: Prompt | None = None,
     template: str | None = "a photo of a {}.",
     config: dict | None = None,
+    source: str | None = None,
 ) -> list[Path]:
-    """Encode a vocabulary with a prompt (or a template) and write the embedding files."""
+    """Encode a vocabulary with a prompt (or a template) and write the embedding files.
+
+    `source` (the class list file) is named when a class does not fit the text context; nothing is written then.
+    """
     out_dir = Path(out_dir)
     if prompt is not None:
         prompt.check_compatible(backbone)
         prompt.to(backbone.device)
-        features = prompt_classifier(prompt, backbone, classnames)
+        features = prompt_classifier(prompt, backbone, classnames, source=source)
     else:
-        features = template_classifier(backbone, classnames, [template or "a photo of a {}."])
+        features = template_classifier(backbone, classnames, [template or "a photo of a {}."], source=source)
     features = features.float().cpu().contiguous()
     npy = atomic_write(out_dir / "class_embeddings.npy", lambda p: np.save(open(p, "wb"), features.numpy()))
     pt = atomic_write(out_dir / "zeroshot_classifier.pt", lambda p: torch.save(features.t().contiguous(), p))

@@ -1,7 +1,8 @@
-"""The learned prompt: one shared context `ctx [n_ctx, width]`, placed after the start token.
+"""The learned prompt: one shared context `ctx [n_ctx, width]`, placed where its placeholders land.
 
 Text of class c: "X X ... X <name>." (n_ctx placeholders). After tokenizing, the embeddings of
-the placeholder positions are replaced by `ctx`; everything else is the frozen model's own.
+the placeholder positions (after the start token, or first where the tokenizer adds none) are
+replaced by `ctx`; everything else is the frozen model's own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pomp import __version__
-from pomp.backbones.base import Backbone
+from pomp.backbones.base import _PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.io import atomic_write, atomic_write_json, read_json
@@ -35,15 +36,32 @@ class ClassTokens:
     Attributes:
         classnames: the cleaned class names, in class-id order.
         tokens: `[N, L]` token ids of "X ... X <name>.".
-        lengths: `[N]` tokens that determine each pooled feature (through the EOT on causal models).
+        lengths: `[N]` leading tokens that determine each pooled feature (`Backbone.sequence_lengths`).
+        start: position of the first context vector (tokens before it: the start token, if any).
     """
 
     classnames: list[str]
     tokens: torch.Tensor
     lengths: torch.Tensor
+    start: int = 1
 
     def __len__(self) -> int:
         return len(self.classnames)
+
+
+def check_fit(backbone: Backbone, texts: Sequence[str], labels: Sequence[str], source: str | None) -> torch.Tensor:
+    """Tokens `[N, L]` of `texts`; a ValueError naming `source` and the first text that was cut.
+
+    `labels[i]` says what `texts[i]` is in the message (e.g. "class 'tabby cat'"). An exact fit (the
+    end token in the last position) is accepted (`Backbone.tokenize_checked`).
+    """
+    tokens, fits = backbone.tokenize_checked(texts)
+    if not bool(fits.all()):
+        bad = (~fits).nonzero()[:, 0].tolist()
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{source or 'class list'}: {labels[bad[0]]}{more} does not fit the text context of "
+                         f"{tokens.shape[1]} tokens of backbone {backbone.name!r}; shorten it")
+    return tokens
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -79,50 +97,61 @@ class Prompt(nn.Module):
     def init(cls, backbone: Backbone, n_ctx: int | None = 4, init: str | None = None, seed: int = 0) -> "Prompt":
         """A new context: N(0, 0.02) from `seed`, or the token embeddings of the words `init`.
 
-        With `init` words, n_ctx is their number of tokens; giving a different n_ctx is an error.
+        With `init` words, n_ctx is their number of tokens (as they tokenize before a class name, so
+        the prompt then equals the hand-crafted "<init> <name>." exactly); a different n_ctx is an
+        error. The context must leave room for a one-word class name and the end of the prompt.
         """
         if init:
-            tokens = backbone.tokenize([init]).to(backbone.device)
-            length = int(backbone.sequence_lengths(tokens)[0])
-            start = backbone.prompt_prefix_length
-            n_words = length - start - 1  # drop the start token and the end token
+            init = " ".join(init.split())
+            text = f"{init} {_PROBE_WORD}."
+            check_fit(backbone, [text], [f"init {init!r}"], "ctx_init")
+            start, n_words = backbone.words_span(init)
             if n_ctx is not None and n_ctx != n_words:
                 raise ValueError(f"init {init!r} is {n_words} tokens but n_ctx={n_ctx}; pass n_ctx={n_words}")
+            tokens = backbone.tokenize([text]).to(backbone.device)
             with torch.no_grad():
                 ctx = backbone.embed_tokens(tokens)[0, start : start + n_words].float().cpu()
         else:
             if n_ctx is None or n_ctx < 1:
                 raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
-            context = backbone.tokenize([""]).shape[1]  # padded to the text context length
-            if n_ctx > context - backbone.prompt_prefix_length - 2:  # room for a class name and the end
-                raise ValueError(f"n_ctx={n_ctx} does not fit the text context of {context} tokens")
+            layout = backbone.prompt_layout(n_ctx)
+            run = " ".join([layout.placeholder] * n_ctx)
+            tokens, fits = backbone.tokenize_checked([f"{run} {_PROBE_WORD}."])
+            if not bool(fits.all()):
+                raise ValueError(f"n_ctx={n_ctx} leaves no room for a class name in the text context of "
+                                 f"{tokens.shape[1]} tokens")
             generator = torch.Generator().manual_seed(seed)
             ctx = torch.randn(n_ctx, backbone.text_width, generator=generator) * 0.02
         meta = {"backbone": backbone.describe(), "init": init, "seed": seed}
         return cls(ctx, meta).to(backbone.device)
 
     # --- text preparation --------------------------------------------------------------------
-    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
-        prefix = " ".join([PLACEHOLDER] * self.n_ctx)
+    def prompt_texts(self, classnames: Sequence[str], placeholder: str = PLACEHOLDER) -> list[str]:
+        prefix = " ".join([placeholder] * self.n_ctx)
         return [f"{prefix} {clean_classname(name)}." for name in classnames]
 
-    def tokenize_classes(self, backbone: Backbone, classnames: Sequence[str]) -> ClassTokens:
-        """Tokenize every class prompt once; checks the placeholders became one token each."""
+    def tokenize_classes(self, backbone: Backbone, classnames: Sequence[str], source: str | None = None) -> ClassTokens:
+        """Tokenize every class prompt once.
+
+        The context positions come from the backbone's tokenizer (`Backbone.prompt_layout`): after a
+        start token or at position 0. Refused with one line naming `source` (the names file or data
+        the classes came from) and the class: a prompt that does not fit the text context whole
+        (an exact fit is accepted), or placeholders the class name merged into.
+        """
         self.check_compatible(backbone)
         names = [clean_classname(n) for n in classnames]
         if not names:
-            raise ValueError("empty class list")
-        tokens = backbone.tokenize(self.prompt_texts(names))
-        start = backbone.prompt_prefix_length
-        placeholder = tokens[:, start : start + self.n_ctx]
-        if not bool((placeholder == placeholder[0, 0]).all()):
-            raise ValueError("the tokenizer did not map each context placeholder to a single token")
-        lengths = backbone.sequence_lengths(tokens)
-        too_long = (lengths >= tokens.shape[1]) & backbone.causal
-        if bool(too_long.any()):
-            bad = names[int(too_long.nonzero()[0, 0])]
-            raise ValueError(f"class name {bad!r} does not fit the text context of {tokens.shape[1]} tokens")
-        return ClassTokens(names, tokens, lengths)
+            raise ValueError(f"{source or 'class list'}: empty class list")
+        layout = backbone.prompt_layout(self.n_ctx)
+        texts = self.prompt_texts(names, layout.placeholder)
+        tokens = check_fit(backbone, texts, [f"class {n!r} (with {self.n_ctx} context vectors)" for n in names], source)
+        placeholders = tokens[:, layout.start : layout.start + self.n_ctx]
+        merged = (placeholders != torch.tensor(layout.placeholder_ids)).any(dim=1)
+        if bool(merged.any()):
+            bad = names[int(merged.nonzero()[0, 0])]
+            raise ValueError(f"{source or 'class list'}: the tokenizer merged class name {bad!r} into the context "
+                             "placeholders")
+        return ClassTokens(names, tokens, backbone.sequence_lengths(tokens), layout.start)
 
     def check_compatible(self, backbone: Backbone) -> None:
         """Refuse a backbone of another text width; warn once, in one line, about one that is another model.
@@ -154,11 +183,12 @@ class Prompt(nn.Module):
     ) -> torch.Tensor:
         """L2-normalised class features `[len(ids), D]` of classes `ids` (all when None), with graph to ctx.
 
-        Sequences are cut after the longest pooling position among `ids`: exact on causal text
-        towers, since no token before the EOT attends to what follows it (and exact with the
-        padding mask on non-causal ones). With `length_buckets` > 1 the classes are sorted by
-        length and encoded in that many groups, each cut to its own longest sequence: less
-        padding, same features, still one call (so DDP sees one forward).
+        Sequences are cut after the longest `vocab.lengths` among `ids` (`Backbone.sequence_lengths`):
+        exact on causal text towers, since no token before the EOT attends to what follows it, and
+        with a padding mask on non-causal ones; towers where no cut is exact run the full context.
+        With `length_buckets` > 1 the classes are sorted by length and encoded in that many groups,
+        each cut to its own longest sequence: less padding, same features, still one call (so DDP
+        sees one forward).
         """
         if ids is None:
             ids = torch.arange(len(vocab))
@@ -175,7 +205,7 @@ class Prompt(nn.Module):
         tokens = vocab.tokens[ids, : int(lengths.max())].to(backbone.device)
         with torch.no_grad():
             embeddings = backbone.embed_tokens(tokens)
-        start = backbone.prompt_prefix_length
+        start = vocab.start
         ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(len(ids), -1, -1)
         embeddings = torch.cat([embeddings[:, :start], ctx, embeddings[:, start + self.n_ctx :]], dim=1)
         features = backbone.encode_text_embeddings(embeddings, tokens)
@@ -187,12 +217,15 @@ class Prompt(nn.Module):
         classnames: Sequence[str] | ClassTokens,
         chunk_size: int | None = 1024,
         ids: torch.Tensor | None = None,
+        source: str | None = None,
     ) -> torch.Tensor:
         """Class features `[C, D]`, L2-normalised, in chunks of similar lengths.
 
-        Keeps the graph to `ctx` when grad is enabled (use `torch.no_grad()` for evaluation).
+        Keeps the graph to `ctx` when grad is enabled (use `torch.no_grad()` for evaluation). `source`
+        (the names file or data the classes came from) is named if a class does not fit.
         """
-        vocab = classnames if isinstance(classnames, ClassTokens) else self.tokenize_classes(backbone, classnames)
+        vocab = (classnames if isinstance(classnames, ClassTokens)
+                 else self.tokenize_classes(backbone, classnames, source))
         ids = torch.arange(len(vocab)) if ids is None else ids.cpu()
         if chunk_size is None or len(ids) <= chunk_size:
             return self(backbone, vocab, ids)

@@ -448,7 +448,8 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     torch.manual_seed(cfg.seed + dist_info.rank)
     prompt = Prompt.init(backbone, n_ctx=None if cfg.ctx_init else cfg.n_ctx, init=cfg.ctx_init, seed=cfg.seed)
     prompt.to(device)
-    vocab = prompt.tokenize_classes(backbone, train.classnames)
+    vocab = prompt.tokenize_classes(backbone, train.classnames,
+                                    source=cfg.names or cfg.split_file or cfg.train_classes or cfg.train_root)
     optimizer = torch.optim.SGD([prompt.ctx], lr=cfg.warmup_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
     model = DistributedDataParallel(prompt) if dist_info.world > 1 else prompt

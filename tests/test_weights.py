@@ -100,7 +100,7 @@ def test_torchscript_release_equals_open_clips_quickgelu_model(openai_release, t
     ours = features(backbone, pixels)
     theirs = features(reference(tiny_quickgelu, state_dict), pixels)
     for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths; GELU vs QuickGELU differ by > 1e-3
     gelu = features(reference(TINY, state_dict), pixels)  # the same weights in the wrong architecture differ
     assert (gelu[0] - theirs[0]).abs().max() > 1e-3 and (gelu[1] - theirs[1]).abs().max() > 1e-3
 
@@ -162,7 +162,7 @@ def test_tag_config_activation_is_honoured(openai_release, tiny_quickgelu, monke
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     honoured = open_clip.create_model("tiny-clip", pretrained="openai_like", force_quick_gelu=True).eval()
     for a, b in zip(features(backbone, pixels), features(honoured, pixels)):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths; GELU vs QuickGELU differ by > 1e-3
     assert (features(plain.eval(), pixels)[0] - features(honoured, pixels)[0]).abs().max() > 1e-3
 
 
@@ -243,4 +243,4 @@ def test_texts_equal_open_clip_after_normalisation(openai_release):
     with torch.no_grad():
         ours = F.normalize(backbone.encode_texts(TEXTS).float(), dim=-1)
         theirs = backbone.model.encode_text(tokens, normalize=True).float()
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths; GELU vs QuickGELU differ by > 1e-3

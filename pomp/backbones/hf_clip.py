@@ -85,6 +85,8 @@ class HFCLIPBackbone(Backbone):
         processor_config: the image processor's settings (`_processor_config`; empty: CLIP defaults).
     """
 
+    pooling = "end token (eos id; the largest id in legacy configs)"
+
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, processor_config: dict | None = None):
         super().__init__()
         self.model = model
@@ -129,12 +131,12 @@ class HFCLIPBackbone(Backbone):
         return desc
 
     # --- text side ---------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> torch.Tensor:
         encoded = self.tokenizer(
             list(texts),
             padding="max_length",
             truncation=True,
-            max_length=self.context_length,
+            max_length=context_length or self.context_length,
             return_tensors="pt",
         )
         return encoded["input_ids"].long()

