@@ -104,3 +104,46 @@ def test_distinct_classes_against_numpy_unique():
     assert first.tolist() == sorted(index.tolist())  # the lowest index of each distinct row, ascending
     assert torch.equal(classifier[first][inverse], classifier)
     np.testing.assert_array_equal(first[inverse].numpy(), index[back.ravel()])  # each class -> its row's first
+
+
+# --- repeated names must get identical rows wherever a classifier is built ---------------------------
+IN21K_NAMES = imagenet21k.classnames("imagenet21k-p")  # 10,450 first lemmas; 1,415 classes repeat a name
+
+
+def _assert_repeats_identical(features: torch.Tensor, names: list[str]) -> None:
+    groups = repeated_groups(names)
+    assert len(groups) == 661
+    unequal = [ids for ids in groups if not all(torch.equal(features[ids[0]], features[j]) for j in ids[1:])]
+    assert unequal == [], [names[ids[0]] for ids in unequal[:5]]
+
+
+def test_validation_classifier_ties_repeated_imagenet21k_names(backbone):
+    # pre-training validates on its ClassTokens vocabulary in chunks of 2,048 classes sorted by length:
+    # the same name in two chunks (cut at different lengths) came out 1e-7 apart
+    from pomp.evaluate import prompt_classifier
+    from pomp.prompt import Prompt
+
+    prompt = Prompt.init(backbone, n_ctx=4, seed=0)
+    vocab = prompt.tokenize_classes(backbone, IN21K_NAMES)
+    features = prompt_classifier(prompt, backbone, vocab, chunk_size=2048)
+    _assert_repeats_identical(features, IN21K_NAMES)
+    reference = prompt.encode_class_features(backbone, vocab, chunk_size=None)  # one batch: no chunk boundary
+    torch.testing.assert_close(features, reference.float(), atol=1e-6, rtol=0)
+
+
+def test_embed_gives_repeated_names_identical_rows(backbone, tiny_config, tmp_path):
+    from pomp.cli import main
+    from pomp.prompt import Prompt
+
+    prompt = Prompt.init(backbone, n_ctx=4, seed=0)
+    prompt.save(tmp_path / "p.safetensors")
+    classes = tmp_path / "classes.txt"  # as a Windows editor saves it: BOM, CRLF
+    classes.write_bytes(("\ufeff" + "\r\n".join(IN21K_NAMES) + "\r\n").encode("utf-8"))
+    out = tmp_path / "embed"
+    assert main(["embed", "--backbone", tiny_config, "--prompt", str(tmp_path / "p.safetensors"),
+                 "--classes", str(classes), "--out-dir", str(out)]) == 0
+    rows = torch.from_numpy(np.load(out / "class_embeddings.npy"))
+    _assert_repeats_identical(rows, IN21K_NAMES)
+    with torch.no_grad():
+        reference = prompt.encode_class_features(backbone, IN21K_NAMES, chunk_size=None).float()
+    torch.testing.assert_close(rows, reference, atol=1e-6, rtol=0)
