@@ -13,6 +13,7 @@ independent computation:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -147,3 +148,44 @@ def test_embed_gives_repeated_names_identical_rows(backbone, tiny_config, tmp_pa
     with torch.no_grad():
         reference = prompt.encode_class_features(backbone, IN21K_NAMES, chunk_size=None).float()
     torch.testing.assert_close(rows, reference, atol=1e-6, rtol=0)
+
+
+# --- one vocabulary, one hash, in every result file ------------------------------------------------
+def test_every_command_records_the_same_hash_for_the_same_vocabulary(tiny_config, tmp_path):
+    pytest.importorskip("pycocotools")
+    from pomp.cli import main
+    from pomp.dense.scenes import make_scenes
+    from pomp.data.synthetic import make_class_folders
+
+    scenes = make_scenes(tmp_path / "scenes", num_images=2, size=48, seed=3, source="shapes")
+    names = (scenes / "classes.txt").read_text().splitlines()
+    assert names == ["background", "red circle", "green square", "blue triangle"]
+    gt = json.loads((scenes / "annotations.json").read_text())
+    for category in gt["categories"]:  # LVIS spells names with underscores
+        category["name"] = category["name"].replace(" ", "_")
+    (scenes / "annotations_lvis_style.json").write_text(json.dumps(gt))
+    folders = make_class_folders(tmp_path / "cls", num_classes=4, per_class=2)
+    folder_names = (folders / "names.txt").read_text().splitlines()
+    (folders / "names.txt").write_text("".join(f"{line.split(chr(9))[0]}\t{name}\n"
+                                               for line, name in zip(folder_names, names)))
+
+    common = ["--backbone", tiny_config, "--baseline", "single"]
+    assert main(["eval", "--data", str(folders / "images"), "--names", str(folders / "names.txt"),
+                 "--out-dir", str(tmp_path / "eval"), "--num-workers", "0", *common]) == 0
+    assert main(["segment", "--data", str(scenes), "--size", "32", "--overlays", "0",
+                 "--out-dir", str(tmp_path / "seg"), *common]) == 0
+    assert main(["detect", "--annotations", str(scenes / "annotations_lvis_style.json"),
+                 "--images", str(scenes / "JPEGImages"), "--size", "32", "--out-dir", str(tmp_path / "det"),
+                 *common]) == 0
+    evaluated = json.loads((tmp_path / "eval/images__baseline_single.json").read_text())["classnames"]
+    segmented = json.loads((tmp_path / "seg/baseline_single/metrics.json").read_text())
+    detected = json.loads((tmp_path / "det/baseline_single/metrics.json").read_text())
+    assert evaluated["sha256"] == segmented["classnames"]["sha256"] == sha256_of_lines(names)
+    assert detected["classnames"]["sha256"] == sha256_of_lines(names[1:])  # underscores scored as spaces
+    assert segmented["classnames"]["source"] == f"class list {scenes / 'classes.txt'}"
+    assert detected["classnames"]["source"] == f"categories of {scenes / 'annotations_lvis_style.json'}"
+    for record, out in ((segmented, tmp_path / "seg/baseline_single"), (detected, tmp_path / "det/baseline_single")):
+        assert record["classnames"]["count"] == len((out / record["classnames"]["file"]).read_text().splitlines())
+        sidecar = (out / record["classnames"]["file"]).read_bytes()
+        assert hashlib.sha256(sidecar).hexdigest() == record["classnames"]["sha256"]  # `sha256sum` agrees
+        assert record["templates"] == ["a photo of a {}."]
