@@ -112,6 +112,16 @@ def _names_source(spec: str, names: str | None) -> str:
     return f"names {names}" if names else f"folder names under {spec}"
 
 
+def _dataset_labels(specs: list[str], names: list[str]) -> list[str]:
+    """One distinct label per `--data` (its result files, table column and feature cache): the data's name,
+    prefixed by its parent folder where several share it (CoOp's layout keeps Food-101's, Pets' and
+    ImageNet-Sketch's images all in `images/`), numbered where still equal (the same data twice)."""
+    labels = [name if names.count(name) == 1 else f"{Path(spec).resolve().parent.name}_{name}"
+              for spec, name in zip(specs, names)]
+    return [label if labels[:i].count(label) == 0 else f"{label}-{labels[:i].count(label) + 1}"
+            for i, label in enumerate(labels)]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
@@ -135,29 +145,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompt.check_compatible(backbone)
         prompt.to(device)
     records = []
-    for spec, images in zip(args.data, datasets):
-        cache = Path(args.feature_cache) / images.name if args.feature_cache else None
+    labels = _dataset_labels(args.data, [images.name for images in datasets])
+    for spec, images, name in zip(args.data, datasets, labels):
+        cache = Path(args.feature_cache) / name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                      desc=f"{images.name} features")
+                                      desc=f"{name} features")
         runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
         runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
-        names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
+        names_file = write_classnames(out_dir / f"{name}__classnames.txt", images.classnames)
         vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
         for label, kwargs in runs:
             classifier = build_classifier(backbone, images.classnames, **kwargs)
-            metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
+            metrics = zero_shot_metrics(feats.features, feats.labels, classifier)
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
                      "skipped_images": feats.skipped, "classnames": vocabulary}
             if "baseline" in kwargs:
                 extra.update(baseline_record(kwargs["baseline"], images.name))
                 if extra["templates_source"].startswith("fallback"):
-                    print(f"note: {images.name}: {label}: {extra['templates_source']}")
-            record = result_record(images.name, backbone, metrics, label, extra)
+                    print(f"note: {name}: {label}: {extra['templates_source']}")
+            record = result_record(name, backbone, metrics, label, extra)
             safe = label.replace(":", "_").replace("/", "_")
-            write_result(out_dir / f"{images.name}__{safe}.json", record)
+            write_result(out_dir / f"{name}__{safe}.json", record)
             records.append(record)
-            print(f"{images.name:>20s}  {label:<40s} acc1 {100 * metrics['acc1']:6.2f}  acc5 "
+            print(f"{name:>20s}  {label:<40s} acc1 {100 * metrics['acc1']:6.2f}  acc5 "
                   f"{100 * metrics['acc5']:6.2f}  mpcr {100 * metrics['mean_per_class_recall']:6.2f}")
     md_path, _ = write_tables(out_dir, records)
     print()

@@ -189,3 +189,31 @@ def test_every_command_records_the_same_hash_for_the_same_vocabulary(tiny_config
         sidecar = (out / record["classnames"]["file"]).read_bytes()
         assert hashlib.sha256(sidecar).hexdigest() == record["classnames"]["sha256"]  # `sha256sum` agrees
         assert record["templates"] == ["a photo of a {}."]
+
+
+# --- pomp eval on CoOp's layout: several datasets keep their images in a folder named images/ --------
+def test_eval_keeps_datasets_with_the_same_folder_name_apart(tiny_config, tmp_path):
+    from test_benchmark_suite import make_fake_benchmarks
+
+    from pomp.cli import main
+
+    root = make_fake_benchmarks(tmp_path / "DATA", skip=(
+        "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "fgvc_aircraft", "sun397", "dtd",
+        "eurosat", "ucf101", "imagenetv2", "imagenet_a", "imagenet_r", "imagenet21k_p"))
+    sketch, food = root / "imagenet-sketch/images", root / "food-101/images"  # both class-folder roots
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(sketch), "--data", str(food), "--data", str(food), "--baseline", "single",
+                 "--backbone", tiny_config, "--out-dir", str(out), "--num-workers", "0",
+                 "--feature-cache", str(tmp_path / "cache")]) == 0
+    records = {p.name: json.loads(p.read_text()) for p in out.glob("*__baseline_single.json")}
+    assert sorted(records) == ["food-101_images-2__baseline_single.json", "food-101_images__baseline_single.json",
+                               "imagenet-sketch_images__baseline_single.json"]
+    by_folder = {"imagenet-sketch_images": sketch, "food-101_images": food, "food-101_images-2": food}
+    for name, folder in by_folder.items():
+        record = records[f"{name}__baseline_single.json"]
+        assert record["dataset"] == name
+        classes = sorted(p.name for p in folder.iterdir())  # folder names are the class names here
+        assert record["classnames"]["sha256"] == sha256_of_lines([c.replace("_", " ") for c in classes])
+        assert (out / record["classnames"]["file"]).read_text().splitlines() == [c.replace("_", " ") for c in classes]
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header == "prompt,imagenet-sketch_images,food-101_images,food-101_images-2,average"
