@@ -217,3 +217,63 @@ def test_eval_keeps_datasets_with_the_same_folder_name_apart(tiny_config, tmp_pa
         assert (out / record["classnames"]["file"]).read_text().splitlines() == [c.replace("_", " ") for c in classes]
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header == "prompt,imagenet-sketch_images,food-101_images,food-101_images-2,average"
+
+
+# --- MIIL's tree: numpy data of any dtype reads; anything else is refused in our words ---------------
+def _saved(path: Path, tree: dict) -> Path:
+    torch.save(tree, path)
+    return path
+
+
+def test_miil_tree_with_numpy_data_of_any_dtype(tmp_path):
+    from pomp.data.miil_tree import compare_with_tree, read_miil_tree
+
+    wnids = np.array(["n00005787", "n00006484", "n00007846"])  # class_list as an array: keys become np.str_
+    tree = {
+        "class_list": wnids,
+        "child_2_parent": {wnids[1]: wnids[0], wnids[2]: wnids[0]},
+        "class_tree_list": np.array([[0], [1, 0], [2, 0]], dtype=object),  # ragged rows: an object array
+        "class_description": {w: np.str_(d) for w, d in zip(wnids, ["benthos", "Cell", "Homo_sapiens"])},
+        "depth": np.array([0, 1, 1], dtype=np.int16), "weight": np.float16(0.5), "mask": np.array([True, False]),
+        "scores": np.array([0.25], dtype=np.float32), "offset": np.uint8(3),
+    }
+    for legacy in (False, True):
+        path = tmp_path / f"tree{int(legacy)}.pth"
+        torch.save(tree, path, _use_new_zipfile_serialization=not legacy)
+        read = read_miil_tree(path)
+        assert [list(map(int, row)) for row in read["class_tree_list"]] == [[0], [1, 0], [2, 0]]
+        assert read["depth"].dtype == np.int16 and float(read["weight"]) == 0.5
+        report = compare_with_tree({"n00005787": "benthos", "n00006484": "cell", "n00007846": "Homo sapiens"}, read)
+        assert (report["equal"], report["case_only"], report["different"], report["same_order"]) == (2, 1, 0, True)
+
+
+@pytest.mark.parametrize("kind", ["code", "class", "text", "truncated"])
+def test_check_names_refusals_are_one_line_in_our_words(tmp_path, capsys, kind):
+    import argparse
+
+    from pomp.cli import main
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this must never be printed",))
+
+    path = tmp_path / "imagenet21k_miil_tree.pth"
+    if kind == "code":
+        _saved(path, {"class_description": {"n0": "x"}, "extra": RunsCode()})
+    elif kind == "class":  # an object of a class that is not data
+        _saved(path, {"class_description": {"n0": "x"}, "args": argparse.Namespace(lr=0.002)})
+    elif kind == "text":
+        path.write_text("n00005787\tbenthos\n")
+    else:
+        _saved(path, {"class_description": {"n0": "x"}})
+        path.write_bytes(path.read_bytes()[:200])
+    assert main(["data", "check-names", "--tree", str(path), "--out-dir", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "this must never be printed" not in captured.out + captured.err
+    assert captured.err.startswith(f"pomp data: error: {path}: ") and captured.err.count("\n") == 1
+    for advice in ("weights_only=", "Re-running", "torch.load", "add_safe_globals", "file an issue", "miniz", "\x1b"):
+        assert advice not in captured.err, captured.err
+    expected = {"code": "it holds print, which is not data", "class": "it holds argparse.Namespace, which is not data", "text": "not a file saved by torch.save",
+                "truncated": "not a file saved by torch.save"}[kind]
+    assert expected in captured.err, captured.err
+    assert not (tmp_path / "out").exists()
