@@ -277,3 +277,41 @@ def test_check_names_refusals_are_one_line_in_our_words(tmp_path, capsys, kind):
                 "truncated": "not a file saved by torch.save"}[kind]
     assert expected in captured.err, captured.err
     assert not (tmp_path / "out").exists()
+
+
+def _datadings_imagenet21k() -> dict:
+    """MIIL's winter-21 tree as datadings ships it: its ImageNet21k_create_meta.py loads MIIL's
+    imagenet21k_miil_tree.pth, keeps class_description and class_tree_list (numpy ints made Python
+    ints) and stores them as JSON. Read as data; datadings itself is not imported."""
+    import importlib.util
+    import lzma
+
+    spec = importlib.util.find_spec("datadings")
+    if spec is None or spec.origin is None:
+        pytest.skip("datadings (test extra) is not installed")
+    path = Path(spec.origin).parent / "sets" / "ImageNet21k_synsets.json.xz"
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_pomp_names_equal_miils_class_description_for_all_10450(tmp_path, capsys):
+    """The issue's open question, settled on MIIL's own names: POMP's class names (MIIL's
+    class_description, `_` -> space) are timm's first lemmas, all 10,450, in the same order."""
+    from pomp.cli import main
+
+    meta = _datadings_imagenet21k()
+    description = meta["class_description"]
+    wnids = list(description)
+    tree = {  # laid out as MIIL's file: numpy integers in class_tree_list, class_list as an array
+        "class_list": np.array(wnids),
+        "child_2_parent": {wnids[row[0]]: wnids[row[1]] for row in meta["class_tree_list"] if len(row) > 1},
+        "class_tree_list": [[np.int64(v) for v in row] for row in meta["class_tree_list"]],
+        "class_description": description,
+    }
+    path = _saved(tmp_path / "imagenet21k_miil_tree.pth", tree)
+    assert main(["data", "check-names", "--tree", str(path), "--out-dir", str(tmp_path / "check")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "check-names: 10450 synsets compared: 10450 equal, 0 differ only in case, 0 differ; "
+        "0 missing from the tree, 0 only in the tree; same order: yes")
+    assert [description[w].replace("_", " ") for w in imagenet21k.synsets("imagenet21k-p")] == IN21K_NAMES
+    assert sum(len(ids) for ids in repeated_groups(IN21K_NAMES)) == 1415  # classes whose name another shares
