@@ -315,3 +315,19 @@ def test_pomp_names_equal_miils_class_description_for_all_10450(tmp_path, capsys
         "0 missing from the tree, 0 only in the tree; same order: yes")
     assert [description[w].replace("_", " ") for w in imagenet21k.synsets("imagenet21k-p")] == IN21K_NAMES
     assert sum(len(ids) for ids in repeated_groups(IN21K_NAMES)) == 1415  # classes whose name another shares
+
+
+def test_aircraft_lists_saved_by_a_windows_editor(tmp_path):
+    """FGVC-Aircraft's variants.txt and images_variant_test.txt with a BOM and CRLF read as the originals."""
+    from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
+
+    from pomp.data.benchmarks import load_test_set
+
+    root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k != "fgvc_aircraft"))
+    base = root / "fgvc_aircraft"
+    for name in ("variants.txt", "images_variant_test.txt"):
+        text = (base / name).read_text(encoding="utf-8")
+        (base / name).write_bytes(("\ufeff" + text.replace("\n", "\r\n")).encode("utf-8"))
+    images = load_test_set("fgvc_aircraft", root)
+    assert images.classnames == ["707-320", "727-200", "F-16A/B"]  # variants.txt as written by make_fake_benchmarks
+    assert images.samples == [("1514522.jpg", 0), ("0062781.jpg", 2), ("1552351.jpg", 1)]
