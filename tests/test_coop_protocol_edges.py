@@ -331,3 +331,23 @@ def test_aircraft_lists_saved_by_a_windows_editor(tmp_path):
     images = load_test_set("fgvc_aircraft", root)
     assert images.classnames == ["707-320", "727-200", "F-16A/B"]  # variants.txt as written by make_fake_benchmarks
     assert images.samples == [("1514522.jpg", 0), ("0062781.jpg", 2), ("1552351.jpg", 1)]
+
+
+def test_eval_two_copies_of_a_coop_split_keep_their_dataset_template(tiny_config, tmp_path):
+    from test_benchmark_suite import _split
+
+    from pomp.cli import main
+
+    entries = [("banded/banded_0001.jpg", 0, "banded"), ("lined/lined_0001.jpg", 1, "lined")]
+    for copy in ("dtd", "dtd_copy"):
+        _split(tmp_path / copy, "split_zhou_DescribableTextures.json", "images", entries)
+    out = tmp_path / "eval"
+    args = ["eval", "--baseline", "dataset", "--backbone", tiny_config, "--out-dir", str(out), "--num-workers", "0"]
+    for copy in ("dtd", "dtd_copy"):
+        args += ["--data", str(tmp_path / copy / "split_zhou_DescribableTextures.json")]
+    args += ["--image-root", str(tmp_path / "dtd" / "images")]
+    assert main(args) == 0
+    for label in ("dtd_split_zhou_DescribableTextures", "dtd_copy_split_zhou_DescribableTextures"):
+        record = json.loads((out / f"{label}__baseline_dataset.json").read_text())
+        assert record["templates"] == ["{} texture."]  # CoOp's DescribableTextures template, by the file's name
+        assert record["classnames"]["sha256"] == sha256_of_lines(["banded", "lined"])
