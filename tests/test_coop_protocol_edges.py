@@ -273,8 +273,8 @@ def test_check_names_refusals_are_one_line_in_our_words(tmp_path, capsys, kind):
     assert captured.err.startswith(f"pomp data: error: {path}: ") and captured.err.count("\n") == 1
     for advice in ("weights_only=", "Re-running", "torch.load", "add_safe_globals", "file an issue", "miniz", "\x1b"):
         assert advice not in captured.err, captured.err
-    expected = {"code": "it holds print, which is not data", "class": "it holds argparse.Namespace, which is not data", "text": "not a file saved by torch.save",
-                "truncated": "not a file saved by torch.save"}[kind]
+    expected = {"code": "it holds print, which is not data", "class": "it holds argparse.Namespace, which is not data",
+                "text": "not a file saved by torch.save", "truncated": "not a file saved by torch.save"}[kind]
     assert expected in captured.err, captured.err
     assert not (tmp_path / "out").exists()
 

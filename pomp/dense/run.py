@@ -136,7 +136,8 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
             backbone, data, classifier, size=cfg.size, bg_threshold=cfg.bg_threshold, unseen=unseen,
             overlay_dir=run_dir / "overlays" if cfg.overlays > 0 else None, max_overlays=cfg.overlays,
             prediction_dir=run_dir / "predictions" if cfg.save_predictions else None, progress=cfg.progress)
-        vocabulary = _vocabulary(run_dir, data.classnames, f"class list {cfg.classes or Path(cfg.data) / 'classes.txt'}")
+        names_file = cfg.classes or Path(cfg.data) / "classes.txt"
+        vocabulary = _vocabulary(run_dir, data.classnames, f"class list {names_file}")
         record = _record("zeroshot_segmentation", data.name, backbone, label, metrics, vocabulary, kwargs)
         atomic_write_json(run_dir / "metrics.json", record)
         records.append(record)
