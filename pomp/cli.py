@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -153,6 +154,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                       desc=f"{name} features")
         runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
         runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
+        if all(re.fullmatch(r"n\d{8}", c) for c in images.classnames):  # "a photo of a n01440764." scores nothing
+            print(f"note: {name}: the class names are WordNet ids (e.g. {images.classnames[0]!r}): give --names "
+                  "(CoOp's imagenet/classnames.txt, or imagenet21k-p)")
         names_file = write_classnames(out_dir / f"{name}__classnames.txt", images.classnames)
         vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
         for label, kwargs in runs:

@@ -351,3 +351,16 @@ def test_eval_two_copies_of_a_coop_split_keep_their_dataset_template(tiny_config
         record = json.loads((out / f"{label}__baseline_dataset.json").read_text())
         assert record["templates"] == ["{} texture."]  # CoOp's DescribableTextures template, by the file's name
         assert record["classnames"]["sha256"] == sha256_of_lines(["banded", "lined"])
+
+
+def test_eval_on_an_imagenet_folder_without_names_says_how_to_name_it(tiny_config, tmp_path, capsys):
+    from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
+
+    from pomp.cli import main
+
+    root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k != "imagenet"))
+    val = root / "imagenet/images/val"
+    assert main(["eval", "--data", str(val), "--baseline", "single", "--backbone", tiny_config,
+                 "--out-dir", str(tmp_path / "eval"), "--num-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "note: val: the class names are WordNet ids (e.g. 'n01440764'): give --names" in out
