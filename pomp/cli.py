@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -127,6 +128,16 @@ def _names_file(spec: str, names: str | None) -> str:
     return spec if Path(spec).suffix == ".json" or not names else names
 
 
+def _dataset_labels(specs: list[str], names: list[str]) -> list[str]:
+    """One distinct label per `--data` (its result files, table column and feature cache): the data's name,
+    prefixed by its parent folder where several share it (CoOp's layout keeps Food-101's, Pets' and
+    ImageNet-Sketch's images all in `images/`), numbered where still equal (the same data twice)."""
+    labels = [name if names.count(name) == 1 else f"{Path(spec).resolve().parent.name}_{name}"
+              for spec, name in zip(specs, names)]
+    return [label if labels[:i].count(label) == 0 else f"{label}-{labels[:i].count(label) + 1}"
+            for i, label in enumerate(labels)]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.folder import ImageDataset
@@ -158,24 +169,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
                       {**vars(args), "func": None, "backbone_info": backbone.describe()})
     records = []
-    for spec, images, dataset_classifiers in zip(args.data, datasets, classifiers):
-        cache = Path(args.feature_cache) / images.name if args.feature_cache else None
+    labels = _dataset_labels(args.data, [images.name for images in datasets])
+    for spec, images, name, dataset_classifiers in zip(args.data, datasets, labels, classifiers):
+        cache = Path(args.feature_cache) / name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                      desc=f"{images.name} features")
-        names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
+                                      desc=f"{name} features")
+        if all(re.fullmatch(r"n\d{8}", c) for c in images.classnames):  # "a photo of a n01440764." scores nothing
+            print(f"note: {name}: the class names are WordNet ids (e.g. {images.classnames[0]!r}): give --names "
+                  "(CoOp's imagenet/classnames.txt, or imagenet21k-p)")
+        names_file = write_classnames(out_dir / f"{name}__classnames.txt", images.classnames)
         vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
         for (label, kwargs), classifier in zip(runs, dataset_classifiers):
-            metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
+            metrics = zero_shot_metrics(feats.features, feats.labels, classifier)
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
                      "skipped_images": feats.skipped, "classnames": vocabulary}
             if "baseline" in kwargs:
                 extra.update(baseline_record(kwargs["baseline"], images.name))
                 if extra["templates_source"].startswith("fallback"):
-                    print(f"note: {images.name}: {label}: {extra['templates_source']}")
-            record = result_record(images.name, backbone, metrics, label, extra)
+                    print(f"note: {name}: {label}: {extra['templates_source']}")
+            record = result_record(name, backbone, metrics, label, extra)
             safe = label.replace(":", "_").replace("/", "_")
-            write_result(out_dir / f"{images.name}__{safe}.json", record)
+            write_result(out_dir / f"{name}__{safe}.json", record)
             records.append(record)
             print(f"{images.name:>20s}  {label:<40s} acc1 {percent(metrics['acc1'])}  acc5 "
                   f"{percent(metrics['acc5'])}  mpcr {percent(metrics['mean_per_class_recall'])}")

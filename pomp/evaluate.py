@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.data.names import clean_classname
-from pomp.prompt import Prompt, check_fit
+from pomp.prompt import ClassTokens, Prompt, check_fit
 from pomp.ranking import class_scores, top_k_first_index
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -33,11 +33,42 @@ def imagenet_templates() -> list[str]:
     return [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
 
 
+def distinct_names(classnames: Sequence[str]) -> tuple[list[int], torch.Tensor]:
+    """`(first, inverse)`: the index of each distinct name's first occurrence, in order, and for each
+    class the position of its name in `first` (`[C]`, long). Names are compared as given."""
+    position: dict[str, int] = {}
+    first: list[int] = []
+    for i, name in enumerate(classnames):
+        if name not in position:
+            position[name] = len(first)
+            first.append(i)
+    return first, torch.tensor([position[name] for name in classnames], dtype=torch.long)
+
+
+# Every classifier built from names encodes each distinct name once and copies its row to every class
+# carrying it: the same text encoded in another chunk (another padding length, another batch row) can
+# round differently, and repeated names must tie exactly (pomp.ranking).
 @torch.no_grad()
-def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[str], chunk_size: int = 1024,
-                      source: str | None = None) -> torch.Tensor:
-    """`[C, D]` class features from a learned prompt (`source`: where the class names came from, for errors)."""
-    return prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size, source=source).float()
+def prompt_classifier(
+    prompt: Prompt,
+    backbone: Backbone,
+    classnames: Sequence[str] | ClassTokens,
+    chunk_size: int = 1024,
+    source: str | None = None,
+) -> torch.Tensor:
+    """`[C, D]` float32 class features from a learned prompt; repeated names get identical rows.
+    `classnames` may be the `ClassTokens` of a training vocabulary (no re-tokenizing); `source`: where the
+    class names came from, named when one does not fit the text context."""
+    if isinstance(classnames, ClassTokens):
+        first, inverse = distinct_names(classnames.classnames)
+        features = prompt.encode_class_features(backbone, classnames, chunk_size=chunk_size,
+                                                ids=torch.tensor(first, dtype=torch.long))
+    else:
+        names = [clean_classname(c) for c in classnames]
+        first, inverse = distinct_names(names)
+        features = prompt.encode_class_features(backbone, [names[i] for i in first], chunk_size=chunk_size,
+                                                source=source)
+    return features.float()[inverse.to(features.device)]
 
 
 @torch.no_grad()
@@ -48,20 +79,22 @@ def template_classifier(
     chunk_size: int = 1024,
     source: str | None = None,
 ) -> torch.Tensor:
-    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised.
+    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features,
+    renormalised; repeated names get identical rows.
 
     A text cut by the tokenizer is refused like a learned prompt's, naming `source`, the class and the template.
     """
     names = [clean_classname(c) for c in classnames]
-    texts = [t.format(name) for name in names for t in templates]
-    labels = [f"class {name!r}" + (f" in template {t!r}" if len(templates) > 1 else "")
-              for name in names for t in templates]
+    first, inverse = distinct_names(names)
+    texts = [t.format(names[i]) for i in first for t in templates]
+    labels = [f"class {names[i]!r}" + (f" in template {t!r}" if len(templates) > 1 else "")
+              for i in first for t in templates]
     feats = []
     for i in range(0, len(texts), chunk_size):
         tokens = check_fit(backbone, texts[i : i + chunk_size], labels[i : i + chunk_size], source)
         feats.append(F.normalize(backbone.encode_tokens(tokens).float(), dim=-1))
-    feats = torch.cat(feats).view(len(names), len(templates), -1).mean(dim=1)
-    return F.normalize(feats, dim=-1)
+    feats = F.normalize(torch.cat(feats).view(len(first), len(templates), -1).mean(dim=1), dim=-1)
+    return feats[inverse.to(feats.device)]
 
 
 # --- hand-crafted baselines ----------------------------------------------------------------------
@@ -142,21 +175,12 @@ def build_classifier(
     "dataset" needs `dataset`, the benchmark key or data name the classes belong to).
 
     `source` (the names file or data the classes came from) is named when a class does not fit the
-    text context.
-
-    Each distinct name (after `clean_classname`) is encoded once and its features shared by every
-    class carrying it, so repeated names get identical rows and tie exactly (`pomp.ranking`).
+    text context. Repeated names (after `clean_classname`) get identical rows and tie exactly
+    (`pomp.ranking`).
     """
-    names = [clean_classname(c) for c in classnames]
-    distinct = list(dict.fromkeys(names))
     if prompt is not None:
-        features = prompt_classifier(prompt, backbone, distinct, source=source)
-    else:
-        features = template_classifier(backbone, distinct, baseline_templates(baseline, dataset)[0], source=source)
-    if len(distinct) == len(names):
-        return features
-    row = {name: i for i, name in enumerate(distinct)}
-    return features[torch.tensor([row[name] for name in names], device=features.device)]
+        return prompt_classifier(prompt, backbone, classnames, source=source)
+    return template_classifier(backbone, classnames, baseline_templates(baseline, dataset)[0], source=source)
 
 
 # --- the vocabulary a result was scored against ----------------------------------------------------

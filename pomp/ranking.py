@@ -9,8 +9,10 @@ indices 1, 2, 4), so clip_benchmark's own acc1/acc5 (`output.topk`) can differ f
 
 Ties are exact when two classes have identical features (a vocabulary that repeats a name, such as
 CLIP's ImageNet list with "missile" at 657 and 744 and "sunglasses" at 836 and 837, or the hundreds of
-repeated WordNet lemmas of ImageNet-21K-P). `class_scores` gives every repeated class row the column
-of its first occurrence, so identical rows give bit-identical scores whatever the matmul kernel does.
+repeated WordNet lemmas of ImageNet-21K-P) — but only when the arithmetic on them is shared: a matmul,
+an upsampling or a text encoder can round the same input differently at another position or in another
+batch. So every distinct row is computed once and copied (`distinct_classes`, `class_scores`), and the
+copies are bit-identical whatever the kernels do.
 NaN scores rank below every number.
 """
 
@@ -19,18 +21,28 @@ from __future__ import annotations
 import torch
 
 
+def distinct_classes(classifier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(first, inverse)` of the classifier rows `[C, D]`: `first` `[U]` is the lowest class index of each
+    distinct row, ascending; `inverse` `[C]` gives each class the position of its row in `first`
+    (so `classifier[first][inverse]` equals `classifier`, and a class repeating an earlier row points
+    to that row's first class)."""
+    rows, inverse = torch.unique(classifier, dim=0, return_inverse=True)
+    index = torch.arange(len(classifier), device=classifier.device)
+    first = torch.full((len(rows),), len(classifier), device=classifier.device).scatter_reduce(
+        0, inverse, index, reduce="amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    return first[order], rank[inverse]
+
+
 def class_scores(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """`features @ classifier.T`: `[N, D] x [C, D] -> [N, C]`; identical classifier rows give identical
-    columns (each repeated class gets the column of its first occurrence)."""
-    scores = features @ classifier.t()
-    rows, inverse = torch.unique(classifier, dim=0, return_inverse=True)
-    if len(rows) < len(classifier):
-        index = torch.arange(len(classifier), device=classifier.device)
-        first = torch.full((len(rows),), len(classifier), device=classifier.device).scatter_reduce(
-            0, inverse, index, reduce="amin")[inverse]
-        repeats = (first != index).nonzero()[:, 0]
-        scores[:, repeats] = scores[:, first[repeats]]
-    return scores
+    columns (each distinct row is scored once and its column copied to every class carrying it)."""
+    first, inverse = distinct_classes(classifier)
+    if len(first) == len(classifier):
+        return features @ classifier.t()
+    return (features @ classifier[first].t())[:, inverse]
 
 
 def top_k_first_index(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -65,4 +77,4 @@ def argmax_first_index(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return top_k_first_index(flat, 1)[:, 0].view(moved.shape[:-1])
 
 
-__all__ = ["argmax_first_index", "class_scores", "top_k_first_index"]
+__all__ = ["argmax_first_index", "class_scores", "distinct_classes", "top_k_first_index"]

@@ -43,7 +43,7 @@ from pomp.data.folder import (
 )
 from pomp.data.imagenet21k import resolve_names
 from pomp.data.transforms import MultiView, train_transform
-from pomp.evaluate import zero_shot_metrics
+from pomp.evaluate import prompt_classifier, zero_shot_metrics
 from pomp.features import autocast_for, cached_image_features, encode_pixels
 from pomp.io import atomic_write, atomic_write_json, check_writable_dir, read_json, remove_stale_temp_files
 from pomp.loss import local_contrast_loss, sample_negatives
@@ -407,7 +407,7 @@ def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float
     if val_features is None:
         return None
     with torch.no_grad():
-        classifier = prompt.encode_class_features(backbone, vocab, chunk_size=2048).float()
+        classifier = prompt_classifier(prompt, backbone, vocab, chunk_size=2048)  # repeated names tie exactly
         feats, labels = val_features
         correct = 0.0
         if len(labels):

@@ -506,5 +506,5 @@ def test_check_names_refuses_a_tree_that_would_run_code(tmp_path, capsys):
     assert main(["data", "check-names", "--tree", str(path), "--out-dir", str(out)]) == 2
     captured = capsys.readouterr()
     assert "this must never be printed" not in captured.out + captured.err
-    assert captured.err.startswith(f"pomp data: error: {path}: refused or unreadable") and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"pomp data: error: {path}: refused: it holds print") and captured.err.count("\n") == 1
     assert not out.exists()

@@ -149,13 +149,14 @@ def test_one_and_two_processes_from_shards(backbone, tmp_path, capsys):
 class _FixedClassifier:
     """Stands in for a prompt in `_validate`: class features are the identity (3 classes, D = 3)."""
 
-    def encode_class_features(self, backbone, vocab, chunk_size=2048):
-        return torch.eye(3)
+    def encode_class_features(self, backbone, vocab, chunk_size=2048, ids=None):
+        return torch.eye(3) if ids is None else torch.eye(3)[ids]
 
 
 def _validate_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
+    from pomp.prompt import ClassTokens
     from pomp.train import Dist, _validate
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -166,7 +167,8 @@ def _validate_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         else:  # 0 of 2 right
             labels = torch.tensor([0, 1])
             feats = torch.eye(3)[[2, 2]]
-        acc = _validate(_FixedClassifier(), None, None, (feats.unsqueeze(1), labels), Dist(rank, world, rank),
+        vocab = ClassTokens(["a", "b", "c"], torch.zeros(3, 1, dtype=torch.long), torch.ones(3, dtype=torch.long))
+        acc = _validate(_FixedClassifier(), None, vocab, (feats.unsqueeze(1), labels), Dist(rank, world, rank),
                         torch.device("cpu"))
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(acc))
     finally:

@@ -243,11 +243,11 @@ def read_class_folders(root: Path, folder_to_label: dict[str, int], classnames: 
 def read_aircraft(base: Path, layout: DatasetLayout) -> LabelledImages:
     """FGVC-Aircraft (variant level, 100 classes) as CoOp reads it: names from `variants.txt`,
     test lines `<image id> <variant name>`, images `images/<id>.jpg`."""
-    variants = [ln.strip() for ln in (base / "variants.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    variants = [ln.strip() for ln in (base / "variants.txt").read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     label_of = {v: i for i, v in enumerate(variants)}
     samples = []
     test_file = base / layout.split_file
-    for number, line in enumerate(test_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(test_file.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM dropped
         if not line.strip():
             continue
         image_id, _, variant = line.strip().partition(" ")

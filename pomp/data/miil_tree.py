@@ -7,12 +7,13 @@ POMP's own code names its 10,450 pre-training classes `class_description[wnid]` 
 The file is `torch.save` of a dict: `class_list` (the synsets), `child_2_parent` (synset -> parent),
 `class_tree_list` (per class, its index path up the tree, as numpy integers), `class_description`
 (synset -> name), as MIIL's `semantics.py` and datadings' ImageNet21k metadata tool read it. It is
-read with `torch.load(weights_only=True)`, admitting only numpy's scalar, array and dtype rebuilders
-(data, no code) beyond torch's own safe types: any other object in the file refuses the load.
+read with `torch.load(weights_only=True)`, admitting only numpy's scalar and array rebuilders and its
+dtypes (data, no code) beyond torch's own safe types: any other object in the file refuses the load.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 from typing import Mapping
@@ -26,14 +27,26 @@ TREE_FILE = "imagenet21k_miil_tree.pth"
 
 
 def _numpy_safe_globals() -> list:
-    """numpy's rebuilders of scalars, arrays and dtypes, under the module names numpy 1.x (which wrote
-    MIIL's file) and numpy 2.x pickle them with."""
+    """numpy's rebuilders of scalars and arrays and every numpy dtype class (data: numbers, strings, and
+    object arrays whose items the same restricted unpickler rebuilds), under the module names numpy 1.x
+    (which wrote MIIL's file) and numpy 2.x pickle them with."""
     core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     admitted: list = [np.dtype, np.ndarray, core.scalar, core._reconstruct]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         admitted += [(core.scalar, f"{module}.scalar"), (core._reconstruct, f"{module}._reconstruct")]
-    admitted += [type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_, np.str_)]
+    admitted += [getattr(np.dtypes, name) for name in np.dtypes.__all__]
     return admitted
+
+
+def _refusal(path: Path, err: Exception) -> ValueError:
+    """Why `torch.load(weights_only=True)` did not read `path`, in our words (torch's text advises
+    loading untrusted files unsafely and carries terminal escape codes)."""
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"got <class '([^']+)'>", text)
+    if found:
+        return ValueError(f"{path}: refused: it holds {found.group(1)}, which is not data "
+                          "(read weights-only: nothing in the file was run)")
+    return ValueError(f"{path}: not a file saved by torch.save, or damaged ({type(err).__name__})")
 
 
 def read_miil_tree(path: str | Path) -> dict:
@@ -48,8 +61,7 @@ def read_miil_tree(path: str | Path) -> dict:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             tree = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: refused or unreadable as a weights-only torch file ({first_line})") from None
+        raise _refusal(path, err) from None
     if not isinstance(tree, dict) or not isinstance(tree.get("class_description"), Mapping):
         raise ValueError(f"{path}: not a MIIL tree (no 'class_description' mapping)")
     bad = [k for k, v in tree["class_description"].items() if not (isinstance(k, str) and isinstance(v, str))]

@@ -2,7 +2,9 @@
 
 Outputs of a run, under `out_dir`:
     segment_config.json | detect_config.json     the resolved config and the backbone's identity
-    <label>/metrics.json                          one result record per prompt or baseline
+    <label>/metrics.json                          one result record per prompt or baseline, naming its
+                                                  vocabulary (count, sha256, source) and a baseline's templates
+    <label>/classnames.txt                        the names as scored (`sha256sum` gives the record's hash)
     <label>/overlays/<id>.png                     segment: [image | truth | prediction] panels
     <label>/predictions/<id>.png                  segment, with save_predictions: palette label maps
     <label>/detections.json                       detect: COCO results
@@ -91,12 +93,22 @@ def _safe(label: str) -> str:
     return label.replace(":", "_").replace("/", "_")
 
 
-def _record(task: str, dataset: str, backbone, label: str, metrics: dict) -> dict:
-    from pomp.evaluate import RANDOM_INIT
+def _record(task: str, dataset: str, backbone, label: str, metrics: dict, vocabulary: dict, kwargs: dict) -> dict:
+    """A result record as eval's: the metrics, the vocabulary scored and, for a baseline, its templates."""
+    from pomp.evaluate import RANDOM_INIT, baseline_record
 
     pretrained = backbone.pretrained if backbone.pretrained is not None else RANDOM_INIT
-    return {"dataset": dataset, "model": backbone.name, "pretrained": pretrained, "task": task,
-            "metrics": metrics, "prompt": label, "backbone": backbone.describe()}
+    record = {"dataset": dataset, "model": backbone.name, "pretrained": pretrained, "task": task,
+              "metrics": metrics, "prompt": label, "backbone": backbone.describe(),
+              "num_classes": vocabulary["count"], "classnames": vocabulary}
+    return {**record, **(baseline_record(kwargs["baseline"]) if "baseline" in kwargs else {})}
+
+
+def _vocabulary(run_dir: Path, classnames: list[str], source: str) -> dict:
+    """Write `run_dir/classnames.txt` and return its `classnames_record`."""
+    from pomp.evaluate import classnames_record, write_classnames
+
+    return classnames_record(classnames, source, write_classnames(run_dir / "classnames.txt", classnames).name)
 
 
 def results_markdown(records: list[dict], columns: list[str]) -> str:
@@ -122,13 +134,14 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
     # every class text before any image: a class that does not fit the text context stops the run here
     classifiers = [build_classifier(backbone, data.classnames, source=source, **kwargs) for _, kwargs in runs]
     records = []
-    for (label, _), classifier in zip(runs, classifiers):
+    for (label, kwargs), classifier in zip(runs, classifiers):
         run_dir = out_dir / _safe(label)
         metrics = evaluate_segmentation(
             backbone, data, classifier, size=cfg.size, bg_threshold=cfg.bg_threshold, unseen=unseen,
             overlay_dir=run_dir / "overlays" if cfg.overlays > 0 else None, max_overlays=cfg.overlays,
             prediction_dir=run_dir / "predictions" if cfg.save_predictions else None, progress=cfg.progress)
-        record = _record("zeroshot_segmentation", data.name, backbone, label, metrics)
+        vocabulary = _vocabulary(run_dir, data.classnames, f"class list {source}")
+        record = _record("zeroshot_segmentation", data.name, backbone, label, metrics, vocabulary, kwargs)
         atomic_write_json(run_dir / "metrics.json", record)
         records.append(record)
     columns = ["mIoU", "pixel_acc"] + (["mIoU_seen", "mIoU_unseen", "hIoU"] if unseen is not None else [])
@@ -168,13 +181,14 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
     # every class text before any image: a class that does not fit the text context stops the run here
     classifiers = [build_classifier(backbone, classnames, source=cfg.annotations, **kwargs) for _, kwargs in runs]
     records = []
-    for (label, _), classifier in zip(runs, classifiers):
+    for (label, kwargs), classifier in zip(runs, classifiers):
         detections, stats = detect(backbone, gt, cfg.images, classifier, proposals=proposals, method=cfg.method,
                                    size=cfg.size, context=cfg.context, top_k=cfg.top_k, progress=cfg.progress)
         run_dir = out_dir / _safe(label)
         atomic_write_text(run_dir / "detections.json", json.dumps(detections))
         metrics = {**detection_metrics(gt, detections, unseen), **stats}
-        record = _record("zeroshot_detection", Path(cfg.annotations).stem, backbone, label, metrics)
+        vocabulary = _vocabulary(run_dir, classnames, f"categories of {cfg.annotations}")
+        record = _record("zeroshot_detection", Path(cfg.annotations).stem, backbone, label, metrics, vocabulary, kwargs)
         atomic_write_json(run_dir / "metrics.json", record)
         records.append(record)
     columns = ["AP", "AP50"]

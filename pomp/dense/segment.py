@@ -29,7 +29,7 @@ from PIL import Image
 from pomp.backbones.base import Backbone, ImageSpec
 from pomp.dense.metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from pomp.io import atomic_write
-from pomp.ranking import argmax_first_index, class_scores
+from pomp.ranking import argmax_first_index, class_scores, distinct_classes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -87,6 +87,10 @@ def predict_segmentation(
         if background is None:
             raise ValueError("a background threshold needs a 'background' class in the class list")
         keep = keep[keep != background]
+    # classes with identical rows are upsampled once (upsampling the same map at another channel position
+    # can round differently) under the lowest of their indices, counted once per class for the softmax
+    first, inverse = distinct_classes(classifier.to(cosines.device)[keep])
+    keep, log_count = keep[first], torch.bincount(inverse, minlength=len(first)).float().log()
     scale = logit_scale if logit_scale is not None else backbone.logit_scale
     best = index = lse = None
     for start in range(0, len(keep), class_chunk):
@@ -102,7 +106,8 @@ def predict_segmentation(
             better = value > best  # strictly better only: a tie keeps the earlier chunk's lower index
             best, index = torch.where(better, value, best), torch.where(better, arg, index)
         if bg_threshold is not None:
-            chunk_lse = torch.logsumexp(scale * up, dim=0)
+            counts = log_count[start : start + class_chunk].view(-1, 1, 1)
+            chunk_lse = torch.logsumexp(scale * up + counts, dim=0)
             lse = chunk_lse if lse is None else torch.logaddexp(lse, chunk_lse)
     if bg_threshold is not None:
         top_prob = torch.exp(scale * best - lse)
