@@ -57,7 +57,11 @@ PRETRAIN_HELP = {
     "max_bad_steps": "stop after this many consecutive non-finite steps",
     "log_every": "steps between log.jsonl records",
     "progress": "show progress bars",
-    "resume": "continue the run in --out-dir from its checkpoint",
+    "resume": "continue the run in --out-dir from its checkpoint (the same run: other settings are refused, "
+              "listed; with no checkpoint there, a new run starts)",
+    "allow_change": "on --resume, also accept a change of these settings (comma-separated: epochs, device); "
+                    "how a run executes (workers, progress, logging, checkpoint cadence, --max-steps...) may always "
+                    "change. Changes are recorded in config.json and the checkpoint ('resumes')",
 }
 
 
@@ -82,6 +86,28 @@ def _config_from_args(cls, args: argparse.Namespace):
     return cls(**values)
 
 
+def int_at_least(low: int):
+    """argparse type: an integer >= low (refused while parsing: one line, nothing created)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _refuse_unused(pairs: list[tuple[bool, str]]) -> None:
+    """One error for the first option given where it does nothing (`given`, message)."""
+    for given, message in pairs:
+        if given:
+            raise ValueError(message)
+
+
 # --- commands ----------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pomp.train import PretrainConfig, pretrain
@@ -95,14 +121,30 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | None):
-    from pomp.data.folder import read_split_file, scan_class_folders
+def _refuse_unused_data_options(specs: list[str], image_root: str | None, names: str | None,
+                                 split_file: str | None = None, train_root: str | None = None) -> None:
+    """--image-root and --names must apply to some data given (split JSON files, class folders)."""
+    json_files = [s for s in specs if Path(s).suffix == ".json"]
+    _refuse_unused([(bool(image_root) and not json_files and not split_file,
+                     "--image-root applies to split JSON files; none is given"),
+                    (bool(names) and len(json_files) == len(specs) and not train_root,
+                     "--names applies to class folders; none is given")])
+
+
+def _load_eval_data(specs: list[str], split: str, image_root: str | None, names: str | None):
+    """The datasets of `--data` (class folders or split JSON files), each with a distinct name
+    (`pomp.data.folder.unique_dataset_names`): result files, table columns and cache folders."""
+    from pomp.data.folder import read_split_file, scan_class_folders, unique_dataset_names
     from pomp.data.imagenet21k import resolve_names
 
-    path = Path(spec)
-    if path.suffix == ".json":
-        return read_split_file(path, split, image_root)
-    return scan_class_folders(path, resolve_names(names))
+    datasets = []
+    for spec, name in zip(specs, unique_dataset_names(specs)):
+        path = Path(spec)
+        images = (read_split_file(path, split, image_root) if path.suffix == ".json"
+                  else scan_class_folders(path, resolve_names(names)))
+        images.name = name
+        datasets.append(images)
+    return datasets
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -113,13 +155,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.io import atomic_write_json, check_writable_dir
     from pomp.prompt import load_any
 
+    if not args.prompt and not args.baseline:
+        raise ValueError("give --prompt and/or --baseline single|ensemble")
+    _refuse_unused_data_options(args.data, args.image_root, args.names)
+    datasets = _load_eval_data(args.data, args.split, args.image_root, args.names)
+    prompt = load_any(args.prompt) if args.prompt else None
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
         check_writable_dir(args.feature_cache)
-    if not args.prompt and not args.baseline:
-        raise ValueError("give --prompt and/or --baseline single|ensemble")
-    datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
-    prompt = load_any(args.prompt) if args.prompt else None
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     atomic_write_json(out_dir / "eval_config.json", {**vars(args), "func": None, "backbone_info": backbone.describe()})
@@ -139,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
             record = result_record(images.name, backbone, metrics, label,
                                    {"num_classes": len(images.classnames), "num_images": len(feats),
-                                    "skipped_images": feats.skipped})
+                                    "skipped_images": feats.skipped, "skipped_files": images.skipped})
             safe = label.replace(":", "_").replace("/", "_")
             write_result(out_dir / f"{images.name}__{safe}.json", record)
             records.append(record)
@@ -162,9 +205,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     datasets = suite_datasets(args.suite or ["all"], args.datasets.split(",") if args.datasets else None)
     if not datasets:
         raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
+    prompts = [(p, load_any(p)) for p in args.prompt]
     out_dir = check_writable_dir(args.out_dir)
     cache = Path(args.feature_cache) if args.feature_cache else Path(args.out_dir).resolve().parent / "feature_cache"
-    prompts = [(p, load_any(p)) for p in args.prompt]
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     names = [Path(p).name for p, _ in prompts]
@@ -193,12 +236,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from pomp.io import check_writable_dir
 
-    check_writable_dir(args.out_dir)
+    _refuse_unused([(args.prompt is not None and args.template is not None,
+                     "--template and --prompt: give one (the prompt replaces the template)"),
+                    (args.template is not None and "{}" not in args.template,
+                     f"--template must hold {{}} where the class name goes, got {args.template!r}")])
     classnames = read_class_list(args.classes)
     prompt = load_any(args.prompt) if args.prompt else None
+    check_writable_dir(args.out_dir)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
-                                   template=args.template if prompt is None else None,
+                                   template=(args.template or "a photo of a {}.") if prompt is None else None,
                                    config={**vars(args), "func": None})
     for p in paths:
         print(p)
@@ -264,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", default=None, help="names file for class-folder data")
     p.add_argument("--out-dir", default="runs/eval", help="where result files go")
     p.add_argument("--feature-cache", default=None, help="cache image features here (reused by later prompts)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--num-workers", type=int_at_least(0), default=2)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -287,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/benchmark", help="where result files go")
     p.add_argument("--feature-cache", default=None,
                    help="image-feature cache root (default: OUT_DIR/../feature_cache); one folder per backbone")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--num-workers", type=int_at_least(0), default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
                    help="autocast precision of the image tower on CUDA")
@@ -302,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True)
     p.add_argument("--pretrained", default=None)
     p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
-    p.add_argument("--template", default="a photo of a {}.", help="hand-crafted template when no --prompt")
+    p.add_argument("--template", default=None, help="hand-crafted template when no --prompt "
+                                                    "(default: 'a photo of a {}.')")
     p.add_argument("--classes", required=True, help="vocabulary: one class name per line (or a names file)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="cpu")
@@ -318,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--backbone", default=None, help="record this backbone name when importing")
-    p.add_argument("--epoch", type=int, default=None, help="epoch number written into an exported checkpoint")
+    p.add_argument("--epoch", type=int_at_least(0), default=None, help="epoch number written into an exported checkpoint")
     p.add_argument("--format", choices=["auto", "pomp", "official", "zsseg"], default="auto",
                    help="output format: official = Dassl .pth.tar (also ZSSeg PROMPT_LEARNER 'pomp'); zsseg = "
                         "detectron2 {'model': {'clip_adapter.prompt_learner.ctx': ...}} (ZSSeg 'pomp_tuned'); "
@@ -333,22 +381,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUTPUT_DIRS = ("out_dir", "feature_cache")  # argument names of the folders commands write
+OUTPUT_FILES = ("out", "dst")  # ... and of the files they write
+
+
+def _new_output_dirs(args: argparse.Namespace) -> list[Path]:
+    """The output folders (and their parents) this command would create: removed again, when still
+    empty, if it is refused (no folder is left behind by a command that did nothing)."""
+    from pomp.io import missing_dirs
+
+    paths = [getattr(args, a) for a in OUTPUT_DIRS if getattr(args, a, None)]
+    paths += [Path(getattr(args, a)).parent for a in OUTPUT_FILES if getattr(args, a, None)]
+    return [d for p in paths for d in missing_dirs(p)]
+
+
+def _one_line_warnings(command: str) -> None:
+    """pomp's own warnings as `pomp CMD: warning: ...` lines (like its errors); others as Python shows them."""
+    default = warnings.formatwarning
+    package = str(Path(__file__).resolve().parent)
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"pomp {command}: warning: {str(message).strip()}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pomp.io import remove_empty_dirs
+    from pomp.train import Interrupted
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+    default_format = warnings.formatwarning
+    _one_line_warnings(args.command)
+    created = _new_output_dirs(args)
     try:
         return args.func(args)
+    except Interrupted as err:  # SIGTERM / SIGINT during pretrain: the message says what was saved
+        print(f"pomp {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
+        remove_empty_dirs(created)
         if os.environ.get("POMP_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"pomp {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_empty_dirs(created)
         print(f"pomp {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":
