@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--backbone", default=None, help="record this backbone name when importing")
-    p.add_argument("--epoch", type=int_at_least(0), default=None, help="epoch number written into an exported checkpoint")
+    p.add_argument("--epoch", type=int_at_least(0), default=None,
+                   help="epoch number written into an exported checkpoint")
     p.add_argument("--format", choices=["auto", "pomp", "official", "zsseg"], default="auto",
                    help="output format: official = Dassl .pth.tar (also ZSSeg PROMPT_LEARNER 'pomp'); zsseg = "
                         "detectron2 {'model': {'clip_adapter.prompt_learner.ctx': ...}} (ZSSeg 'pomp_tuned'); "

@@ -127,7 +127,8 @@ def add_parsers(sub) -> None:
     q.add_argument("--train-root", required=True, help="class-folder image root (one sub-folder per class)")
     q.add_argument("--names", default=None, help=NAMES_HELP)
     q.add_argument("--shots", type=int_at_least(1), default=16, help="training images per class")
-    q.add_argument("--val-per-class", type=int_at_least(0), default=50, help="validation images per class (after the shots)")
+    q.add_argument("--val-per-class", type=int_at_least(0), default=50,
+                   help="validation images per class (after the shots)")
     q.add_argument("--seed", type=int_at_least(0), default=0, help="split seed (pretrain's --split-seed)")
     q.add_argument("--out", required=True, help="split JSON to write")
     q.add_argument("--force", action="store_true", help="replace an existing split file")
@@ -171,7 +172,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--train-root", default=None, help="training: class folders, split k-shot like pretrain does")
     p.add_argument("--shots", type=int_at_least(1), default=16)
     p.add_argument("--split-seed", type=int_at_least(0), default=0)
-    p.add_argument("--views", type=int_at_least(1), default=4, help="augmented views per training image (pretrain's --views)")
+    p.add_argument("--views", type=int_at_least(1), default=4,
+                   help="augmented views per training image (pretrain's --views)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="pretrain's --seed (seeds the augmentation)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="pretrain's --augment")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)

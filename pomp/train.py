@@ -753,6 +753,8 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
     checkpoint_path = out_dir / "checkpoint.safetensors"
     saved = dist_info.on_main(lambda: _claim_out_dir(cfg, out_dir, checkpoint_path, lock), share=True)
     resuming = saved is not None
+    stop.checkpoint_path = checkpoint_path
+    stop.last_checkpoint = saved["global_step"] if resuming else None  # what a signal during set-up leaves
     # rank 0 makes (or re-reads) the split; the others then read the file it wrote: made once, never per rank
     loaded = dist_info.on_main(lambda: load_training_data(cfg, out_dir, reuse_split=resuming))
     train, val = loaded if dist_info.main else load_training_data(cfg, out_dir, reuse_split=True)
@@ -799,7 +801,8 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
         cache_dir = Path(cfg.feature_cache) / f"val-rank{dist_info.rank}-of{dist_info.world}" if cfg.feature_cache else None
         vf = dist_info.on_every(lambda: cached_image_features(
             cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()), num_workers=cfg.num_workers,
-            precision=cfg.precision, desc="val features", progress=cfg.progress and dist_info.main) if len(shard) else None)
+            precision=cfg.precision, desc="val features", progress=cfg.progress and dist_info.main,
+        ) if len(shard) else None)
         val_features = (vf.features.float(), vf.labels) if vf is not None else (torch.zeros(0, 1, 1), torch.zeros(0))
 
     num_train = len(cached) if cached is not None else len(train)
@@ -849,8 +852,7 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
             "trained_on": cfg.train_root or cfg.split_file or cfg.train_shards}
     if state["resumes"]:
         meta["resumes"] = state["resumes"]
-    last_checkpoint = stop.last_checkpoint = state["global_step"] if resuming else None
-    stop.checkpoint_path = checkpoint_path
+    last_checkpoint = stop.last_checkpoint
     stop.deferred = True  # from here a signal stops the run after the current step, with a checkpoint
     if stop.signum:  # a signal during the set-up: stop before the first step
         raise Interrupted(stop.signum, _stop_message(stop.signum, state["global_step"], total_steps, checkpoint_path,
@@ -926,7 +928,8 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
                         prompt.save(out_dir / "prompt_best.safetensors", **meta, epochs=epoch + 1, val_acc1=val_acc)
 
                 dist_info.on_main(epoch_end_writes)
-            saved_now = end_of_epoch or state["global_step"] % cfg.checkpoint_every == 0 or state["global_step"] >= stop_at
+            done = state["global_step"]
+            saved_now = end_of_epoch or done % cfg.checkpoint_every == 0 or done >= stop_at
             signum = dist_info.max(stop.signum, device)  # every rank stops after the same step
             if saved_now or signum:
                 dist_info.on_main(lambda: save_checkpoint(checkpoint_path, prompt, optimizer, state))

@@ -72,7 +72,7 @@ def test_few_shot_split_reproducible_and_saved(class_folders, tmp_path):
     data = json.loads(split.read_text())
     assert data["train"][0][2] == images.classnames[data["train"][0][1]]
     # kept only with the parameters that made it: other ones are refused by name, or the split rebuilt
-    with pytest.raises(ValueError, match=r"split.json: the saved split was made with other parameters \(split_seed 3 -> 99"):
+    with pytest.raises(ValueError, match=r"the saved split was made with other parameters \(split_seed 3 -> 99"):
         load_or_make_split(split, images, 2, 1, seed=99)
     with pytest.raises(ValueError, match="shots 2 -> 3; val_per_class 1 -> 0"):
         load_or_make_split(split, images, 3, 0, seed=3)

@@ -107,17 +107,17 @@ def other_weights(path: Path, seed: int) -> Path:
 
 
 # --- one run per out-dir -----------------------------------------------------------------------
-def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp_path):
+def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp_path, capsys):
     out = tmp_path / "run"
     first_argv = pretrain_argv(class_folders, out, "--epochs", "40", "--batch-size", "1", "--no-validate",
-                               "--log-every", "1")
-    first = start(first_argv, tmp_path / "first.txt")
+                               "--log-every", "1", "--checkpoint-every", "2")
+    first = start(first_argv, tmp_path / "first.txt")  # a real process holds the folder
     try:
-        wait_until(lambda: log_lines(out) >= 2, first, "the first run's training steps")
+        wait_until(lambda: (out / "checkpoint.safetensors").exists(), first, "the first run's checkpoint")
         config = (out / "config.json").read_bytes()
-        second = run_cli(pretrain_argv(class_folders, out, "--lr", "0.5", "--seed", "2"))
-        line = one_line(second.stderr, "pomp pretrain: error: ")
-        assert second.returncode == 2
+        rc = main(pretrain_argv(class_folders, out, "--lr", "0.5", "--seed", "2"))  # the second run, here
+        line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+        assert rc == 2
         assert f"pid {first.pid} on {socket.gethostname()}" in line and "another run is using this --out-dir" in line
         assert (out / "config.json").read_bytes() == config  # the second run wrote nothing
         assert first.poll() is None
@@ -131,8 +131,7 @@ def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp
 
     # the stale lock is taken over: a resume runs (a few more steps: --max-steps may always change)
     done = read_checkpoint_state(out / "checkpoint.safetensors")["global_step"]
-    third = run_cli([*first_argv, "--resume", "--max-steps", str(done + 2)])
-    assert third.returncode == 0, third.stderr[-2000:]
+    assert main([*first_argv, "--resume", "--max-steps", str(done + 2)]) == 0, capsys.readouterr().err
     assert not (out / "run.lock").exists()  # released when the run ended
     steps = step_records(out)
     assert steps == list(range(len(steps))) and steps[-1] == done + 1  # no step logged twice, none missing
@@ -322,9 +321,10 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(class_fo
             proc.kill()
             proc.wait()
     err = (tmp_path / "stderr.txt").read_text()
-    stopped = sorted({line[line.index("pomp pretrain: "):] for line in err.splitlines() if "stopped by SIGTERM" in line})
+    lines = [line[line.index("pomp pretrain: "):] for line in err.splitlines() if "stopped by SIGTERM" in line]
+    stopped = sorted(set(lines))
     step = read_checkpoint_state(out / "checkpoint.safetensors")["global_step"]
-    assert len([line for line in err.splitlines() if "stopped by SIGTERM" in line]) == 2, err[-3000:]
+    assert len(lines) == 2, err[-3000:]
     assert stopped == [f"pomp pretrain: stopped by SIGTERM after step {step} of 24; checkpoint of step {step}: "
                        f"{out / 'checkpoint.safetensors'} (continue with --resume)"], err[-3000:]
     resumed = subprocess.run(torchrun("--resume"), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

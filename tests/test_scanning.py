@@ -117,6 +117,7 @@ def test_benchmark_class_folders_use_the_same_listing(tmp_path):
     assert list_image_files(folder / wnids[0]) == sorted((folder / wnids[0]).glob("sketch_*.JPEG"))
 
 
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated:DeprecationWarning")
 def test_every_extension_pil_decodes_is_an_image(tmp_path):
     """The extensions come from PIL's registry: each format PIL can write here is found and decoded."""
     registered = Image.registered_extensions()

@@ -276,7 +276,8 @@ def scan_class_folders(
         unknown = [f for key, f in by_nfc.items() if key not in wanted]
         missing = [key for key in names if _nfc(key) not in by_nfc]
         if unknown:
-            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file (e.g. {unknown[0]!r})")
+            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file "
+                             f"(e.g. {unknown[0]!r})")
         if missing:
             raise ValueError(f"{root}: names file lists {len(missing)} classes with no folder (e.g. {missing[0]!r})")
         folders = [by_nfc[_nfc(key)] for key in names]
