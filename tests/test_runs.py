@@ -400,6 +400,29 @@ def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, caps
     assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
 
 
+def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path, capsys, tiny_tmpfs):
+    filler = _fill(tiny_tmpfs)
+    names = str(class_folders / "names.txt")
+    rc = main(["data", "shard", "--train-root", str(class_folders / "images"), "--names", names, "--out-dir",
+               str(tiny_tmpfs / "shards"), "--no-progress"])
+    line = one_line(capsys.readouterr().err, "pomp data: error: ")
+    assert rc == 2 and line.startswith(f"pomp data: error: {tiny_tmpfs / 'shards' / 'train-000000.tar'}: could not "
+                                       f"be written (No space left on device)"), line
+    assert not (tiny_tmpfs / "shards").exists()  # no partial shard, and the folder the refused command made
+    # a feature cache that cannot be published: one line naming the cache folder, nothing published
+    os.truncate(filler, filler.stat().st_size - 2 * 4096)  # two free pages: features.npy and labels.npy fit, not meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["eval", "--backbone", TINY, "--baseline", "single", "--data", str(class_folders / "images"),
+                   "--feature-cache", str(tiny_tmpfs / "cache"), "--out-dir", str(tmp_path / "eval"),
+                   "--num-workers", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    line = one_line(err.split("\r")[-1], "pomp eval: error: ")  # after the progress bar's redraws
+    assert rc == 2 and f"{tiny_tmpfs / 'cache' / 'images'}/" in line and "No space left on device" in line, line
+    assert "nothing was published" in line
+    assert not list((tiny_tmpfs / "cache" / "images").iterdir())
+
+
 def test_file_size_limit_during_a_log_write_leaves_no_partial_line(class_folders, tmp_path):
     out = tmp_path / "run"
     argv = pretrain_argv(class_folders, out, "--batch-size", "1", "--log-every", "1", "--checkpoint-every", "1000",
