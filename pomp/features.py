@@ -153,7 +153,7 @@ def save_feature_cache(cache_dir: str | Path, feats: ImageFeatures, key: dict) -
             np.save(f, feats.features.half().numpy())
         with open(tmp / "labels.npy", "wb") as f:
             np.save(f, feats.labels.numpy())
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="ascii")
 
     return publish_dir(_entry(cache_dir, key), fill)
 

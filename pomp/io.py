@@ -96,7 +96,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """JSON as UTF-8 text; strings holding undecodable file-name bytes (lone surrogates) are written
+    as `\\u` escapes, so the file stays valid JSON and reads back to the same strings."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=2)
+    return atomic_write_text(path, text + "\n")
 
 
 def atomic_write_npy(path: str | Path, array) -> Path:

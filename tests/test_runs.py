@@ -448,6 +448,29 @@ def test_file_size_limit_during_a_log_write_leaves_no_partial_line(class_folders
     assert steps == list(range(len(steps)))
 
 
+APPEND_UNDER_A_LIMIT = """
+import resource, sys
+from pomp.io import append_line
+path = sys.argv[1]
+size = len(open(path, "rb").read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, size + 10))  # room for 10 bytes of the next line
+try:
+    append_line(path, '{"step": 2, "loss": 0.123456789, "note": "a record longer than ten bytes"}')
+except OSError as err:
+    print(err)
+"""
+
+
+def test_a_partial_append_is_cut_back(tmp_path):
+    """A real short write: RLIMIT_FSIZE lets 10 bytes through, then EFBIG; the file is as before."""
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"step": 0}\n{"step": 1}\n')
+    done = subprocess.run([sys.executable, "-c", APPEND_UNDER_A_LIMIT, str(log)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"{log}: could not be written (File too large); the line was not added", done
+    assert log.read_bytes() == b'{"step": 0}\n{"step": 1}\n'
+
+
 def test_resume_repairs_a_torn_last_log_line(class_folders, tmp_path, capsys):
     out = tmp_path / "run"
     argv = pretrain_argv(class_folders, out, "--log-every", "1", "--checkpoint-every", "2", "--no-validate")

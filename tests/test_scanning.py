@@ -178,6 +178,16 @@ def test_non_utf8_file_names_are_skipped_and_named(tmp_path, capsys):
     assert config["skipped_files"] == {"undecodable_names": 2} and config["num_train_images"] == 6
 
 
+def test_json_outputs_hold_undecodable_names_as_escapes(tmp_path):
+    from pomp.io import atomic_write_json, read_json
+
+    name = os.fsdecode(b"caf\xe9")  # how Python hands over a Latin-1 file name: a lone surrogate
+    path = atomic_write_json(tmp_path / "x.json", {"root": name, "class": "café"})
+    assert read_json(path) == {"root": name, "class": "café"}
+    atomic_write_json(path, {"class": "café"})
+    assert "café" in path.read_text(encoding="utf-8")  # readable UTF-8 whenever it can be
+
+
 def test_folder_names_match_the_names_file_after_nfc(tmp_path):
     data = make_class_folders(tmp_path / "data", num_classes=2, per_class=2)
     nfd = unicodedata.normalize("NFD", "café")
