@@ -558,15 +558,16 @@ def run_settings(cfg: PretrainConfig) -> dict:
     return settings
 
 
-def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int) -> dict:
+def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
     """What the settings resolved to, which must also be equal on resume: the backbone (its weights
     included; its name and file are settings), the classes, the training samples, the processes
-    and steps per epoch."""
+    and steps per epoch, and for shards the loader workers (they deal the shards: the sample order)."""
     samples = getattr(train, "samples", None) or [getattr(train, "urls", []), getattr(train, "counts", [])]
     described = {k: v for k, v in backbone.describe().items() if k not in ("name", "pretrained")}
     return {"backbone": described, "backbone_weights": weights_fingerprint(backbone),
             "classes": _digest(train.classnames), "num_classes": len(train.classnames),
-            "train_samples": _digest(samples), "world_size": world, "steps_per_epoch": steps_per_epoch}
+            "train_samples": _digest(samples), "world_size": world, "steps_per_epoch": steps_per_epoch,
+            "shard_loader_workers": shard_workers}
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
@@ -811,7 +812,8 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
     total_steps = plan.steps_per_epoch * cfg.epochs
     state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0,
              "skipped_images": cached.skipped if cached is not None else 0, "history": [], "resumes": []}
-    run = {"settings": run_settings(cfg), "facts": run_facts(backbone, train, dist_info.world, plan.steps_per_epoch)}
+    run = {"settings": run_settings(cfg), "facts": run_facts(backbone, train, dist_info.world, plan.steps_per_epoch,
+                                                               cfg.num_workers if cfg.train_shards else None)}
     resume_record = None
     if resuming:
         def check_facts() -> dict:
