@@ -686,9 +686,10 @@ def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float
     return correct / max(total, 1.0)
 
 
-# outputs of a run in its --out-dir; those of a run that never wrote a checkpoint are replaced by a new run
+# outputs of a run in its --out-dir; those of a run that never wrote a checkpoint are replaced by a new
+# run (the best prompt removed at once: a new run rewrites it only at its first epoch's end)
 LEFTOVERS = ("log.jsonl", "config.json", "split.json", "split_params.json", "prompt_best.safetensors",
-             "prompt_best.json", "prompt.json")
+             "prompt_best.json")
 FINISHED = ("prompt.safetensors", "summary.json")
 
 
@@ -719,10 +720,10 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
         raise FileExistsError(f"{out_dir / finished[0]}: output of a finished run whose checkpoint is gone (a "
                               f"--resume needs it); choose another --out-dir")
     stale = [name for name in LEFTOVERS if (out_dir / name).exists()]
-    for name in stale:
-        (out_dir / name).unlink()
+    for name in ("prompt_best.safetensors", "prompt_best.json"):
+        (out_dir / name).unlink(missing_ok=True)
     if stale:
-        warnings.warn(f"{out_dir}: removed {', '.join(stale)} of an earlier run that stopped before its first "
+        warnings.warn(f"{out_dir}: replacing {', '.join(stale)} of an earlier run that stopped before its first "
                       f"checkpoint", stacklevel=2)
     return None
 

@@ -208,9 +208,11 @@ def test_a_stale_split_is_rebuilt_for_a_new_run(class_folders, tmp_path, capsys)
     out = tmp_path / "run"
     _fail_after_the_split(pretrain_argv(class_folders, out, "--shots", "2"), capsys)
     assert (out / "split.json").is_file() and not (out / "checkpoint.safetensors").exists()
-    with pytest.warns(UserWarning, match="removed split.json, split_params.json of an earlier run that stopped "
-                                         "before its first checkpoint"):
+    Prompt(torch.zeros(4, 48)).save(out / "prompt_best.safetensors")  # as if that run had ended an epoch
+    with pytest.warns(UserWarning, match="replacing split.json, split_params.json, prompt_best.safetensors, "
+                                         "prompt_best.json of an earlier run that stopped before its first checkpoint"):
         assert main(pretrain_argv(class_folders, out, "--shots", "4", "--max-steps", "1")) == 0
+    assert not (out / "prompt_best.safetensors").exists()  # step 1 of 12: no epoch ended, no best prompt yet
     split = json.loads((out / "split.json").read_text())
     per_class = [sum(1 for _, label, _ in split["train"] if label == c) for c in range(6)]
     assert per_class == [4] * 6  # the new --shots, not the stale split's 2
