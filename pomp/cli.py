@@ -64,7 +64,11 @@ PRETRAIN_HELP = {
     "max_bad_steps": "stop after this many consecutive non-finite steps",
     "log_every": "steps between log.jsonl records",
     "progress": "show progress bars",
-    "resume": "continue the run in --out-dir from its checkpoint",
+    "resume": "continue the run in --out-dir from its checkpoint (the same run: other settings are refused, "
+              "listed; with no checkpoint there, a new run starts)",
+    "allow_change": "on --resume, also accept a change of these settings (comma-separated: epochs, device); "
+                    "how a run executes (workers, progress, logging, checkpoint cadence, --max-steps...) may always "
+                    "change. Changes are recorded in config.json and the checkpoint ('resumes')",
 }
 
 
@@ -92,6 +96,28 @@ def _config_from_args(cls, args: argparse.Namespace):
 CONFIG_DIR = "config"  # resolved configs of eval / benchmark runs, beside (not among) the result files
 
 
+def int_at_least(low: int):
+    """argparse type: an integer >= low (refused while parsing: one line, nothing created)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _refuse_unused(pairs: list[tuple[bool, str]]) -> None:
+    """One error for the first option given where it does nothing (`given`, message)."""
+    for given, message in pairs:
+        if given:
+            raise ValueError(message)
+
+
 # --- commands ----------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from pomp.train import PretrainConfig, pretrain
@@ -105,14 +131,30 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_eval_data(spec: str, split: str, image_root: str | None, names: str | None):
-    from pomp.data.folder import read_split_file, scan_class_folders
+def _refuse_unused_data_options(specs: list[str], image_root: str | None, names: str | None,
+                                 split_file: str | None = None, train_root: str | None = None) -> None:
+    """--image-root and --names must apply to some data given (split JSON files, class folders)."""
+    json_files = [s for s in specs if Path(s).suffix == ".json"]
+    _refuse_unused([(bool(image_root) and not json_files and not split_file,
+                     "--image-root applies to split JSON files; none is given"),
+                    (bool(names) and len(json_files) == len(specs) and not train_root,
+                     "--names applies to class folders; none is given")])
+
+
+def _load_eval_data(specs: list[str], split: str, image_root: str | None, names: str | None):
+    """The datasets of `--data` (class folders or split JSON files), each with a distinct name
+    (`pomp.data.folder.unique_dataset_names`): result files, table columns and cache folders."""
+    from pomp.data.folder import read_split_file, scan_class_folders, unique_dataset_names
     from pomp.data.imagenet21k import resolve_names
 
-    path = Path(spec)
-    if path.suffix == ".json":
-        return read_split_file(path, split, image_root)
-    return scan_class_folders(path, resolve_names(names))
+    datasets = []
+    for spec, name in zip(specs, unique_dataset_names(specs)):
+        path = Path(spec)
+        images = (read_split_file(path, split, image_root) if path.suffix == ".json"
+                  else scan_class_folders(path, resolve_names(names)))
+        images.name = name
+        datasets.append(images)
+    return datasets
 
 
 def _names_source(spec: str, names: str | None) -> str:
@@ -122,20 +164,17 @@ def _names_source(spec: str, names: str | None) -> str:
     return f"names {names}" if names else f"folder names under {spec}"
 
 
+def _data_name(spec: str) -> str:
+    """The data's own name (a split file's stem, a folder's name), by which `--baseline dataset` finds
+    CoOp's template even when `unique_dataset_names` prefixed it."""
+    path = Path(spec)
+    return path.stem if path.suffix == ".json" else path.name
+
+
 def _names_file(spec: str, names: str | None) -> str:
     """The file (or folder) a dataset's class names come from: its split JSON, else the names file, else the
     folder; named in errors about a class."""
     return spec if Path(spec).suffix == ".json" or not names else names
-
-
-def _dataset_labels(specs: list[str], names: list[str]) -> list[str]:
-    """One distinct label per `--data` (its result files, table column and feature cache): the data's name,
-    prefixed by its parent folder where several share it (CoOp's layout keeps Food-101's, Pets' and
-    ImageNet-Sketch's images all in `images/`), numbered where still equal (the same data twice)."""
-    labels = [name if names.count(name) == 1 else f"{Path(spec).resolve().parent.name}_{name}"
-              for spec, name in zip(specs, names)]
-    return [label if labels[:i].count(label) == 0 else f"{label}-{labels[:i].count(label) + 1}"
-            for i, label in enumerate(labels)]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -149,11 +188,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
+    _refuse_unused_data_options(args.data, args.image_root, args.names)
+    datasets = _load_eval_data(args.data, args.split, args.image_root, args.names)
     prompt = load_any(args.prompt) if args.prompt else None  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
         check_writable_dir(args.feature_cache)
-    datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     if prompt is not None:
@@ -163,14 +203,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runs += [(f"baseline:{b}", dict(baseline=b)) for b in args.baseline]
     # Every class text first: a class name that does not fit the text context is reported before any image is encoded.
     classifiers = [[build_classifier(backbone, images.classnames, source=_names_file(spec, args.names),
-                                     dataset=images.name, **kwargs) for _, kwargs in runs]
+                                     dataset=_data_name(spec), **kwargs) for _, kwargs in runs]
                    for images, spec in zip(datasets, args.data)]
     # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
     atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
                       {**vars(args), "func": None, "backbone_info": backbone.describe()})
     records = []
-    labels = _dataset_labels(args.data, [images.name for images in datasets])
-    for spec, images, name, dataset_classifiers in zip(args.data, datasets, labels, classifiers):
+    for spec, images, dataset_classifiers in zip(args.data, datasets, classifiers):
+        name = images.name
         cache = Path(args.feature_cache) / name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
@@ -183,16 +223,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for (label, kwargs), classifier in zip(runs, dataset_classifiers):
             metrics = zero_shot_metrics(feats.features, feats.labels, classifier)
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
-                     "skipped_images": feats.skipped, "classnames": vocabulary}
+                     "skipped_images": feats.skipped, "skipped_files": images.skipped, "classnames": vocabulary}
             if "baseline" in kwargs:
-                extra.update(baseline_record(kwargs["baseline"], images.name))
+                extra.update(baseline_record(kwargs["baseline"], _data_name(spec)))
                 if extra["templates_source"].startswith("fallback"):
                     print(f"note: {name}: {label}: {extra['templates_source']}")
             record = result_record(name, backbone, metrics, label, extra)
             safe = label.replace(":", "_").replace("/", "_")
             write_result(out_dir / f"{name}__{safe}.json", record)
             records.append(record)
-            print(f"{images.name:>20s}  {label:<40s} acc1 {percent(metrics['acc1'])}  acc5 "
+            print(f"{name:>20s}  {label:<40s} acc1 {percent(metrics['acc1'])}  acc5 "
                   f"{percent(metrics['acc5'])}  mpcr {percent(metrics['mean_per_class_recall'])}")
     md_path, _ = write_tables(out_dir, records)
     print()
@@ -241,12 +281,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from pomp.interop import load_any
     from pomp.io import check_writable_dir
 
+    _refuse_unused([(args.prompt is not None and args.template is not None,
+                     "--template and --prompt: give one (the prompt replaces the template)"),
+                    (args.template is not None and "{}" not in args.template,
+                     f"--template must hold {{}} where the class name goes, got {args.template!r}")])
     classnames = read_class_list(args.classes)
     prompt = load_any(args.prompt) if args.prompt else None
     check_writable_dir(args.out_dir)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
-                                   template=args.template if prompt is None else None,
+                                   template=(args.template or "a photo of a {}.") if prompt is None else None,
                                    config={**vars(args), "func": None}, source=args.classes)
     for p in paths:
         print(p)
@@ -327,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", default=None, help="names file for class-folder data")
     p.add_argument("--out-dir", default="runs/eval", help="where result files go")
     p.add_argument("--feature-cache", default=None, help="cache image features here (reused by later prompts)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--num-workers", type=int_at_least(0), default=2)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -351,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/benchmark", help="where result files go")
     p.add_argument("--feature-cache", default=None,
                    help="image-feature cache root (default: OUT_DIR/../feature_cache); one folder per backbone")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--num-workers", type=int_at_least(0), default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
                    help="autocast precision of the image tower on CUDA")
@@ -366,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
-    p.add_argument("--template", default="a photo of a {}.", help="hand-crafted template when no --prompt")
+    p.add_argument("--template", default=None, help="hand-crafted template when no --prompt "
+                                                    "(default: 'a photo of a {}.')")
     p.add_argument("--classes", required=True, help="vocabulary: one class name per line, line i = class i (or a "
                                                     "names file); lemma lists give their first lemma")
     p.add_argument("--out-dir", required=True)
@@ -392,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--backbone", default=None, help="record this backbone name when importing")
-    p.add_argument("--epoch", type=int, default=None,
+    p.add_argument("--epoch", type=int_at_least(0), default=None,
                    help="epoch written into an exported checkpoint (default: the prompt's own, from its metadata)")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default=None,
                    help="dtype of the exported ctx (default: fp16 for official, as official checkpoints hold and "
@@ -411,26 +456,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUTPUT_DIRS = ("out_dir", "feature_cache")  # argument names of the folders commands write
+OUTPUT_FILES = ("out", "dst")  # ... and of the files they write
+
+
+def _new_output_dirs(args: argparse.Namespace) -> list[Path]:
+    """The output folders (and their parents) this command would create: removed again, when still
+    empty, if it is refused (no folder is left behind by a command that did nothing)."""
+    from pomp.io import missing_dirs
+
+    paths = [getattr(args, a) for a in OUTPUT_DIRS if getattr(args, a, None)]
+    paths += [Path(getattr(args, a)).parent for a in OUTPUT_FILES if getattr(args, a, None)]
+    return [d for p in paths for d in missing_dirs(p)]
+
+
+def _one_line_warnings(command: str) -> None:
+    """pomp's own warnings as `pomp CMD: warning: ...` lines (like its errors); others as Python shows them."""
+    default = warnings.formatwarning
+    package = str(Path(__file__).resolve().parent)
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"pomp {command}: warning: {str(message).strip()}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pomp.io import remove_empty_dirs
+    from pomp.train import Interrupted
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No pretrained weights loaded")
-    original_format = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_args, **_kwargs: f"pomp {args.command}: warning: {message}\n"
+    default_format = warnings.formatwarning
+    _one_line_warnings(args.command)
+    created = _new_output_dirs(args)
     try:
         return args.func(args)
+    except Interrupted as err:  # SIGTERM / SIGINT during pretrain: the message says what was saved
+        print(f"pomp {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
+        remove_empty_dirs(created)
         if os.environ.get("POMP_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"pomp {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_empty_dirs(created)
         print(f"pomp {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = original_format
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":

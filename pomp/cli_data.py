@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pomp.cli import int_at_least
+
 NAMES_HELP = "names file ('folder<TAB>name' lines), or 'imagenet21k-p' for timm's ImageNet-21K-P winter-21 synsets"
 
 
@@ -25,6 +27,9 @@ def cmd_data_split(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out}: exists; a split is made once and reused (pass --force to replace it)")
     images = scan_class_folders(args.train_root, resolve_names(args.names))
     splits = few_shot_split(images, args.shots, args.val_per_class, args.seed)
+    if args.val_per_class > 0 and "val" not in splits:
+        raise ValueError(f"{args.train_root}: --val-per-class {args.val_per_class} leaves no validation image: no "
+                         f"class holds more than --shots {args.shots} images; lower --shots or pass --val-per-class 0")
     write_split_file(out, splits)
     counts = {name: len(s) for name, s in splits.items()}
     print(json.dumps({"out": str(out), "classes": len(images.classnames), "images_scanned": len(images), **counts}))
@@ -40,8 +45,13 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
     from pomp.data.shards import CLASSES, MANIFEST, write_shards
     from pomp.io import read_json
 
+    from pomp.cli import _refuse_unused
+
     if bool(args.split_file) == bool(args.train_root):
         raise ValueError("give one of --split-file (CoOp-format split JSON) or --train-root (class folders)")
+    _refuse_unused([(bool(args.names) and not args.train_root, "--names only applies with --train-root"),
+                    (bool(args.image_root) and not args.split_file, "--image-root only applies with --split-file"),
+                    (bool(args.splits) and not args.split_file, "--splits only applies with --split-file")])
     if args.split_file:
         names = args.splits.split(",") if args.splits else list(read_json(args.split_file))
         sources = {name: read_split_file(args.split_file, name, args.image_root) for name in names}
@@ -78,7 +88,7 @@ def cmd_data_check_names(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.cli import _load_eval_data
+    from pomp.cli import _load_eval_data, _refuse_unused, _refuse_unused_data_options
     from pomp.data.folder import ImageDataset, few_shot_split, read_split_file, scan_class_folders
     from pomp.data.imagenet21k import resolve_names
     from pomp.data.transforms import MultiView, train_transform
@@ -88,6 +98,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     if not args.data and not (args.split_file or args.train_root):
         raise ValueError("give --data (evaluation caches) and/or --split-file/--train-root (training cache)")
+    _refuse_unused([(bool(args.split_file and args.train_root), "--split-file and --train-root: give one source of "
+                                                                 "training images, not 2")])
+    _refuse_unused_data_options(args.data, args.image_root, args.names, args.split_file, args.train_root)
+    if args.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"--precision must be bf16, fp16 or fp32, got {args.precision!r}")
     dist_info, device = init_distributed(args.device)
     out = Path(args.out_dir)
     if dist_info.main:
@@ -95,8 +110,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     dist_info.barrier()
     backbone = load_backbone(args.backbone, args.pretrained, device=device)
     jobs = []  # (cache dir, dataset, extra key): exactly what `pomp eval` / `pomp pretrain` look up
-    for spec in args.data:
-        images = _load_eval_data(spec, args.split, args.image_root, args.names)
+    for images in _load_eval_data(args.data, args.split, args.image_root, args.names) if args.data else []:
         jobs.append((out / images.name, ImageDataset(images, backbone.eval_transform()), None))
     if args.split_file or args.train_root:
         if args.split_file:
@@ -134,9 +148,10 @@ def add_parsers(sub) -> None:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--train-root", required=True, help="class-folder image root (one sub-folder per class)")
     q.add_argument("--names", default=None, help=NAMES_HELP)
-    q.add_argument("--shots", type=int, default=16, help="training images per class")
-    q.add_argument("--val-per-class", type=int, default=50, help="validation images per class (after the shots)")
-    q.add_argument("--seed", type=int, default=0, help="split seed (pretrain's --split-seed)")
+    q.add_argument("--shots", type=int_at_least(1), default=16, help="training images per class")
+    q.add_argument("--val-per-class", type=int_at_least(0), default=50,
+                   help="validation images per class (after the shots)")
+    q.add_argument("--seed", type=int_at_least(0), default=0, help="split seed (pretrain's --split-seed)")
     q.add_argument("--out", required=True, help="split JSON to write")
     q.add_argument("--force", action="store_true", help="replace an existing split file")
     q.set_defaults(func=cmd_data_split)
@@ -154,8 +169,8 @@ def add_parsers(sub) -> None:
     q.add_argument("--names", default=None, help=NAMES_HELP + " (with --train-root)")
     q.add_argument("--split-name", default="train", help="shard name prefix with --train-root")
     q.add_argument("--out-dir", required=True)
-    q.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
-    q.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before writing")
+    q.add_argument("--maxcount", type=int_at_least(1), default=1000, help="samples per shard")
+    q.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the sample shuffle before writing")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     q.set_defaults(func=cmd_data_shard)
 
@@ -189,13 +204,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--names", default=None, help=NAMES_HELP)
     p.add_argument("--split-file", default=None, help="training: the split JSON given to pretrain ('train' split)")
     p.add_argument("--train-root", default=None, help="training: class folders, split k-shot like pretrain does")
-    p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--views", type=int, default=4, help="augmented views per training image (pretrain's --views)")
-    p.add_argument("--seed", type=int, default=0, help="pretrain's --seed (seeds the augmentation)")
+    p.add_argument("--shots", type=int_at_least(1), default=16)
+    p.add_argument("--split-seed", type=int_at_least(0), default=0)
+    p.add_argument("--views", type=int_at_least(1), default=4,
+                   help="augmented views per training image (pretrain's --views)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="pretrain's --seed (seeds the augmentation)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="pretrain's --augment")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--num-workers", type=int_at_least(0), default=4)
     p.add_argument("--precision", default="bf16", help="autocast precision on CUDA: bf16 | fp16 | fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pomp.cli import int_at_least
+
 SIDE_BY_SIDE = ("Give --prompt and/or --baseline (repeatable): each is run on the same data and the metrics are "
                 "printed side by side.")
 
@@ -39,7 +41,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="append", default=[], choices=["single", "ensemble"],
                    help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates")
     p.add_argument("--unseen", default=None, help="file of unseen class names (one a line): adds seen/unseen metrics")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=int_at_least(1), default=None,
                    help="side of the square input of the dense path (default: the backbone's input size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -60,7 +62,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--bg-threshold", type=float, default=None,
                    help="with a 'background' class: it does not compete; pixels whose best class probability "
                         "is below this become background")
-    p.add_argument("--overlays", type=int, default=8, help="comparison panels written per prompt (0: none)")
+    p.add_argument("--overlays", type=int_at_least(0), default=8, help="comparison panels written per prompt (0: none)")
     p.add_argument("--save-predictions", action="store_true", help="write every predicted label map (palette PNG)")
     p.add_argument("--out-dir", default="runs/segment")
     p.set_defaults(func=cmd_segment)
@@ -78,6 +80,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--boxes", default=None, help="COCO results file of boxes to classify (default: ground truth)")
     p.add_argument("--method", choices=["roi", "crop"], default="roi", help="region features (default: roi)")
     p.add_argument("--context", type=float, default=1.0, help="crop: enlarge each box by this factor")
-    p.add_argument("--top-k", type=int, default=5, help="classes kept per box")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, help="classes kept per box")
     p.add_argument("--out-dir", default="runs/detect")
     p.set_defaults(func=cmd_detect)

@@ -1,14 +1,17 @@
 """Image features of the frozen image tower, computed in batches and optionally cached on disk.
 
-The image tower never trains, so its features can be computed once: a cache is a folder with
-`features.npy` (float16 `[M, V, D]`, memory-mapped when read: M images, V views), `labels.npy`
-and `meta.json` saying which model, preprocessing and samples produced it.
+The image tower never trains, so its features can be computed once. A cache folder holds one
+sub-folder per key (`cache_key`: backbone and weights, preprocessing, precision, samples and their
+files, seed/views), named by the key's hash, with `features.npy` (float16 `[M, V, D]`, memory-mapped
+when read: M images, V views), `labels.npy` and `meta.json` (the key). Each sub-folder is
+published whole by one rename, so a killed writer never leaves a mixed cache that is then read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,8 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pomp.backbones.base import Backbone
-from pomp.data.folder import ImageDataset, collate_skipping
-from pomp.io import atomic_write, atomic_write_json, read_json
+from pomp.data.folder import ImageDataset, collate_skipping, ignore_interrupts_in_worker
+from pomp.io import atomic_write, publish_dir, read_json
 
 
 @dataclass
@@ -70,7 +73,7 @@ def compute_image_features(
 ) -> ImageFeatures:
     """Run the image tower over a dataset in order; unreadable images are skipped and counted."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                        pin_memory=backbone.device.type == "cuda")
+                        pin_memory=backbone.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
     feats, labels, skipped = [], [], 0
     for pixels, batch_labels, _, batch_skipped in tqdm(loader, desc=desc, disable=not progress, leave=False):
         skipped += batch_skipped
@@ -85,35 +88,91 @@ def compute_image_features(
     return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
 
 
-def cache_key(backbone: Backbone, transform, samples: list[tuple[str, int]], extra: dict | None = None) -> dict:
-    """What determines a cache's content: model, preprocessing, the samples, and e.g. seed and views."""
-    digest = hashlib.sha256(json.dumps(samples).encode()).hexdigest()[:16]
-    return {"backbone": backbone.describe(), "transform": repr(transform), "samples": digest,
-            "num_samples": len(samples), **(extra or {})}
+def effective_precision(backbone: Backbone, precision: str) -> str:
+    """The precision the image tower really runs at: autocast applies on CUDA only."""
+    return precision if backbone.device.type == "cuda" else "fp32"
 
 
-def save_feature_cache(path: str | Path, feats: ImageFeatures, key: dict) -> Path:
-    """Write a cache folder; meta.json goes last, so a cache without it is incomplete and ignored."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / "features.npy", lambda p: np.save(open(p, "wb"), feats.features.half().numpy()))
-    atomic_write(path / "labels.npy", lambda p: np.save(open(p, "wb"), feats.labels.numpy()))
-    atomic_write_json(path / "meta.json", {**key, "skipped": feats.skipped, "shape": list(feats.features.shape)})
-    return path
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """BLAKE2b of every parameter and buffer (name, dtype, shape, bytes): which weights, whatever their name.
+
+    Computed once per module object (the backbone is frozen)."""
+    cached = getattr(module, "_pomp_weights_fingerprint", None)
+    if cached is not None:
+        return cached
+    digest = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1).contiguous().cpu()
+            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+    object.__setattr__(module, "_pomp_weights_fingerprint", digest.hexdigest())
+    return module._pomp_weights_fingerprint
 
 
-def load_feature_cache(path: str | Path, key: dict | None = None) -> ImageFeatures | None:
-    """A cache whose meta matches `key` (memory-mapped), or None when absent or stale."""
-    path = Path(path)
-    if not (path / "meta.json").is_file():
+def samples_fingerprint(root: str | Path, samples: list[tuple[str, int]]) -> str:
+    """SHA-256 of the samples (relative path, label) with each file's size and modification time:
+    the same names under another root, or a file replaced in place, give another fingerprint."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for rel, label in samples:
+        try:
+            st = os.stat(root / rel)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # unreadable now: skipped when encoded
+        digest.update(json.dumps([rel, label, stamp], ensure_ascii=False).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def cache_key(backbone: Backbone, dataset: ImageDataset, extra: dict | None = None, precision: str = "bf16") -> dict:
+    """Everything that determines a cache's content: the backbone and its weights, the preprocessing
+    (transform, views), the image tower's precision, the samples and their files, and `extra`
+    (e.g. the augmentation seed)."""
+    images = dataset.images
+    return {"backbone": backbone.describe(), "weights": weights_fingerprint(backbone),
+            "transform": repr(dataset.transform), "precision": effective_precision(backbone, precision),
+            "root": str(Path(images.root).resolve()), "samples": samples_fingerprint(images.root, images.samples),
+            "num_samples": len(images.samples), **(extra or {})}
+
+
+def _entry(cache_dir: str | Path, key: dict) -> Path:
+    """The cache's own sub-folder: named by a hash of its key, so other keys never share it."""
+    text = json.dumps(key, sort_keys=True, ensure_ascii=False, default=str)
+    return Path(cache_dir) / hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def save_feature_cache(cache_dir: str | Path, feats: ImageFeatures, key: dict) -> Path:
+    """Publish a cache as a unit under `cache_dir/<key hash>/`: features.npy, labels.npy, meta.json
+    are written into a temporary folder that is renamed in one step (`pomp.io.publish_dir`)."""
+    meta = {"key": json.loads(json.dumps(key, default=str)), "skipped": feats.skipped,
+            "shape": list(feats.features.shape)}
+
+    def fill(tmp: Path) -> None:
+        with open(tmp / "features.npy", "wb") as f:
+            np.save(f, feats.features.half().numpy())
+        with open(tmp / "labels.npy", "wb") as f:
+            np.save(f, feats.labels.numpy())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="ascii")
+
+    return publish_dir(_entry(cache_dir, key), fill)
+
+
+def load_feature_cache(cache_dir: str | Path, key: dict) -> ImageFeatures | None:
+    """The cache of `key` under `cache_dir` (memory-mapped), or None when there is none."""
+    entry = _entry(cache_dir, key)
+    if not (entry / "meta.json").is_file():
         return None
-    meta = read_json(path / "meta.json")
-    if key is not None and any(meta.get(k) != v for k, v in json.loads(json.dumps(key)).items()):
+    meta = read_json(entry / "meta.json")
+    if not isinstance(meta, dict) or meta.get("key") != json.loads(json.dumps(key, default=str)):
         return None
-    features = np.load(path / "features.npy", mmap_mode="r")
-    labels = np.load(path / "labels.npy")
+    try:
+        features = np.load(entry / "features.npy", mmap_mode="r")
+        labels = np.load(entry / "labels.npy")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{entry}: damaged feature cache ({err}); delete the folder to rebuild it") from None
     if list(features.shape) != meta.get("shape") or labels.shape[0] != features.shape[0]:
-        raise ValueError(f"{path}: feature cache is inconsistent with its meta.json; delete it to rebuild")
+        raise ValueError(f"{entry}: feature cache is inconsistent with its meta.json; delete it to rebuild")
     with warnings.catch_warnings():  # read-only memory map: rows are copied when indexed, never written
         warnings.simplefilter("ignore", UserWarning)
         features = torch.from_numpy(features)
@@ -127,8 +186,10 @@ def cached_image_features(
     extra_key: dict | None = None,
     **compute_kwargs,
 ) -> ImageFeatures:
-    """Features from `cache_dir` when it matches, else computed (and saved there when a dir is given)."""
-    key = cache_key(backbone, dataset.transform, dataset.images.samples, extra_key)
+    """Features from `cache_dir` when a cache of exactly this key is there, else computed (and
+    published there when a folder is given). Folders hold one sub-folder per key, so backbones,
+    transforms and datasets can share a cache folder."""
+    key = cache_key(backbone, dataset, extra_key, compute_kwargs.get("precision", "bf16"))
     if cache_dir is not None:
         cached = load_feature_cache(cache_dir, key)
         if cached is not None:
@@ -140,8 +201,8 @@ def cached_image_features(
 
 
 # --- extraction split across ranks -------------------------------------------------------------
-def _parts_dir(cache_dir: Path, world: int) -> Path:
-    return cache_dir / f".parts-of{world}"
+def _parts_dir(cache_dir: Path, world: int, key: dict) -> Path:
+    return cache_dir / f".parts-{_entry(cache_dir, key).name}-of{world}"
 
 
 @torch.no_grad()
@@ -151,6 +212,7 @@ def compute_feature_part(
     dataset: ImageDataset,
     rank: int,
     world: int,
+    extra_key: dict | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     precision: str = "bf16",
@@ -158,11 +220,13 @@ def compute_feature_part(
     desc: str = "image features",
 ) -> Path:
     """Rank `rank` of `world`: features of images `rank, rank + world, ...` (each with its global index, so
-    seeded augmentation matches a single-process run) written to `cache_dir/.parts-of<world>/rank<r>.npz`."""
+    seeded augmentation matches a single-process run) written to
+    `cache_dir/.parts-<key hash>-of<world>/rank<r>.npz` (key: `cache_key` with `extra_key`)."""
     from torch.utils.data import Subset
 
     loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_skipping, pin_memory=backbone.device.type == "cuda")
+                        num_workers=num_workers, collate_fn=collate_skipping, pin_memory=backbone.device.type == "cuda",
+                        worker_init_fn=ignore_interrupts_in_worker)
     feats, labels, indices, skipped = [], [], [], 0
     for pixels, batch_labels, batch_indices, batch_skipped in tqdm(loader, desc=desc, disable=not progress,
                                                                    leave=False):
@@ -178,15 +242,20 @@ def compute_feature_part(
             "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
             "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
             "skipped": np.array(skipped)}
-    path = _parts_dir(Path(cache_dir), world) / f"rank{rank}.npz"
-    atomic_write(path, lambda p: np.savez(open(p, "wb"), **part))
-    return path
+    key = cache_key(backbone, dataset, extra_key, precision)
+    path = _parts_dir(Path(cache_dir), world, key) / f"rank{rank}.npz"
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **part)
+
+    return atomic_write(path, write)
 
 
 def merge_feature_parts(cache_dir: str | Path, world: int, key: dict) -> ImageFeatures:
     """Rank 0: join the `world` parts in image order into one cache (`save_feature_cache`), remove the parts."""
     cache_dir = Path(cache_dir)
-    parts_dir = _parts_dir(cache_dir, world)
+    parts_dir = _parts_dir(cache_dir, world, key)
     paths = [parts_dir / f"rank{r}.npz" for r in range(world)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -226,11 +295,11 @@ def extract_image_features(
     reuses it. An existing matching cache is reused as is. Call on every rank; returns the cache, or
     None on ranks other than 0 when `barrier` does not synchronise (one-process simulation)."""
     cache_dir = Path(cache_dir)
-    key = cache_key(backbone, dataset.transform, dataset.images.samples, extra_key)
+    key = cache_key(backbone, dataset, extra_key, compute_kwargs.get("precision", "bf16"))
     existing = load_feature_cache(cache_dir, key)
     if existing is not None:
         return existing
-    compute_feature_part(cache_dir, backbone, dataset, rank, world, **compute_kwargs)
+    compute_feature_part(cache_dir, backbone, dataset, rank, world, extra_key, **compute_kwargs)
     barrier()
     if rank == 0:
         merge_feature_parts(cache_dir, world, key)

@@ -15,14 +15,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pomp import __version__
 from pomp.backbones.base import _PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
-from pomp.io import atomic_write, atomic_write_json, read_json
+from pomp.io import atomic_write, atomic_write_json, atomic_write_safetensors, read_json
 
 PLACEHOLDER = "X"
 FORMAT_NAME = "pomp-prompt"
@@ -251,7 +251,7 @@ class Prompt(nn.Module):
         }
         meta.pop("source", None)
         ctx = self.ctx.detach().float().cpu().contiguous()
-        atomic_write(tensor_path, lambda p: save_file({"ctx": ctx}, str(p), metadata={"format": FORMAT_NAME}))
+        atomic_write_safetensors(tensor_path, {"ctx": ctx}, metadata={"format": FORMAT_NAME})
         atomic_write_json(meta_path, meta)
         return tensor_path
 

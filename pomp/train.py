@@ -15,10 +15,14 @@ history, so a resumed run continues exactly where an uninterrupted one would be.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
+import signal
+import socket
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -37,6 +41,7 @@ from pomp.data.folder import (
     ImageDataset,
     LabelledImages,
     collate_skipping,
+    ignore_interrupts_in_worker,
     load_or_make_split,
     read_split_file,
     scan_class_folders,
@@ -44,8 +49,18 @@ from pomp.data.folder import (
 from pomp.data.imagenet21k import resolve_names
 from pomp.data.transforms import MultiView, train_transform
 from pomp.evaluate import prompt_classifier, zero_shot_metrics
-from pomp.features import autocast_for, cached_image_features, encode_pixels
-from pomp.io import atomic_write, atomic_write_json, check_writable_dir, read_json, remove_stale_temp_files
+from pomp.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels, weights_fingerprint
+from pomp.io import (
+    RunLock,
+    append_line,
+    atomic_write_json,
+    atomic_write_safetensors,
+    atomic_write_text,
+    check_writable_dir,
+    read_json,
+    read_json_lines,
+    remove_stale_temp_files,
+)
 from pomp.loss import local_contrast_loss, sample_negatives
 from pomp.prompt import ClassTokens, Prompt
 
@@ -103,12 +118,27 @@ class PretrainConfig:
     log_every: int = 10
     progress: bool = True
     resume: bool = False
+    allow_change: str = ""  # comma-separated settings a --resume may change (RESUME_WITH_PERMISSION)
     extra: dict = field(default_factory=dict)
 
     def recipe(self) -> dict:
         keys = ["n_ctx", "ctx_init", "classes_per_step", "local_correction", "margin", "epochs", "batch_size",
                 "views", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "augment", "shots", "seed"]
-        return {k: getattr(self, k) for k in keys}
+        recipe = {k: getattr(self, k) for k in keys}
+        if not self.train_root:  # a split file or shards fix the shots, not --shots
+            recipe["shots"] = None
+        return recipe
+
+
+# What `--resume` may change. Settings of how a run executes (not what it computes) change freely;
+# those in RESUME_WITH_PERMISSION only when named in --allow-change; every other setting, the
+# backbone's weights and the data must equal the checkpoint's run. Every change is recorded in
+# the checkpoint's and config.json's "resumes" history.
+RESUME_FREE = frozenset({"out_dir", "resume", "allow_change", "num_workers", "progress", "log_every",
+                         "checkpoint_every", "max_steps", "max_bad_steps", "feature_cache", "text_chunk_size",
+                         "length_buckets", "compile", "validate"})
+RESUME_WITH_PERMISSION = frozenset({"epochs", "device"})
+_PATH_FIELDS = ("backbone", "pretrained", "train_root", "names", "split_file", "image_root", "train_classes")
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -151,6 +181,27 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {cfg.device}: no CUDA device is available")
+    if cfg.classes_per_step == 1:
+        raise ValueError("--classes-per-step 1 leaves no negative class to contrast with (the loss is 0, nothing is "
+                         "learned): give 0 (all classes) or at least 2")
+    if cfg.ctx_init is not None and not cfg.ctx_init.strip():
+        raise ValueError(f"--ctx-init must hold words to start the context from (e.g. 'a photo of a'), "
+                         f"got {cfg.ctx_init!r}")
+    sources = [flag(n) for n in ("train_root", "split_file", "train_shards") if getattr(cfg, n)]
+    if not sources:
+        raise ValueError("give the training data: --train-root (class folders), --split-file or --train-shards")
+    if len(sources) > 1:
+        raise ValueError(f"{' and '.join(sources)}: give one source of training data, not {len(sources)}")
+    for option, needs in (("names", "train_root"), ("image_root", "split_file"), ("train_classes", "train_shards"),
+                          ("val_shards", "train_shards")):
+        if getattr(cfg, option) and not getattr(cfg, needs):
+            raise ValueError(f"{flag(option)} only applies with {flag(needs)}, which is not given")
+    if cfg.train_shards and cfg.feature_cache:
+        raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
+    unknown = sorted(set(filter(None, (c.strip() for c in cfg.allow_change.split(",")))) - RESUME_WITH_PERMISSION)
+    if unknown:
+        raise ValueError(f"--allow-change {unknown[0]!r}: only {', '.join(sorted(RESUME_WITH_PERMISSION))} may be "
+                         f"changed on --resume (settings of how a run executes always may; see README)")
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -189,6 +240,113 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def max(self, value: int, device: torch.device) -> int:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def on_main(self, fn, share: bool = False):
+        """Run `fn` on rank 0 only; when it raises, every rank raises the same error (none waits forever).
+        Returns its result on rank 0, and on every rank with `share` (a small picklable value)."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except Exception as err:  # noqa: BLE001 - passed to every rank, then raised
+                error = err
+        if self.world > 1:
+            box = [None if error is None else (type(error).__name__, str(error)), result if share else None]
+            dist.broadcast_object_list(box, src=0)
+            if share:
+                result = box[1]
+            if box[0] is not None and error is None:
+                kind = {"FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError,
+                        "ValueError": ValueError, "PermissionError": PermissionError}.get(box[0][0], RuntimeError)
+                error = kind(box[0][1])
+        if error is not None:
+            raise error
+        return result
+
+    def on_every(self, fn):
+        """Run `fn` on every rank; when it raises on any rank, every rank raises (the others name that rank)."""
+        result, error = None, None
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - passed to every rank, then raised
+            error = err
+        if self.world > 1:
+            messages = [None] * self.world
+            dist.all_gather_object(messages, None if error is None else str(error))
+            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+            if failed and error is None:
+                error = RuntimeError(f"rank {failed[0][0]}: {failed[0][1]}")
+        if error is not None:
+            raise error
+        return result
+
+
+class Interrupted(BaseException):
+    """The run stopped on SIGINT or SIGTERM; `exit_code` is 128 + the signal number (130, 143).
+
+    A BaseException (like KeyboardInterrupt): no `except Exception` on the way mistakes it for an error."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _stop_message(signum: int, step: int | None, total: int | None, checkpoint: Path | None,
+                  checkpoint_step: int | None, when: str = "") -> str:
+    name = signal.Signals(signum).name
+    where = f"after step {step} of {total}" if step is not None else when
+    if checkpoint is not None and checkpoint_step is not None:
+        kept = f"checkpoint of step {checkpoint_step}: {checkpoint} (continue with --resume)"
+    else:
+        kept = "no checkpoint was written"
+    return f"stopped by {name} {where}; {kept}"
+
+
+class StopOnSignal:
+    """SIGTERM (SLURM, torchrun, `kill`) and SIGINT (Ctrl-C) handling of a run.
+
+    While `deferred` (the training loop), a signal only records itself: the loop finishes the
+    step, writes a checkpoint and stops. Otherwise (loading, caching features: nothing to save)
+    it raises `Interrupted` at once; so does a second Ctrl-C. Installed only in the main thread.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.deferred = False
+        self.checkpoint_path: Path | None = None
+        self.last_checkpoint: int | None = None  # step of the last checkpoint written or resumed from
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        again = self.signum == signum == signal.SIGINT
+        self.signum = self.signum or signum
+        if not self.deferred or again:
+            when = "again, mid-step" if again else "before training started"
+            raise Interrupted(signum, _stop_message(signum, None, None, self.checkpoint_path, self.last_checkpoint,
+                                                    when))
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
 
 def init_distributed(device: str) -> tuple[Dist, torch.device]:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
@@ -208,26 +366,50 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
 
 
 # --- data --------------------------------------------------------------------------------------
-def load_training_data(cfg: PretrainConfig, out_dir: Path) -> tuple[LabelledImages, LabelledImages | None]:
-    """Train (and val) samples: from a split file, or a k-shot split of class folders saved in out_dir."""
+def load_training_data(cfg: PretrainConfig, out_dir: Path, reuse_split: bool = True,
+                       ) -> tuple[LabelledImages, LabelledImages | None]:
+    """Train (and val) samples: from a split file, shards, or a k-shot split of class folders saved in
+    out_dir (`reuse_split`: read back the saved one, as a resumed run and ranks other than 0 do).
+
+    Validation asked for (`validate`) but impossible is an error when `--val-per-class` leaves no
+    image after `--shots`, a warning when the data has no validation part at all.
+    """
     if cfg.train_shards:  # webdataset shards, split across ranks and loader workers as they are read
         from pomp.data.shards import ShardSet
 
-        if cfg.feature_cache:
-            raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
         val = ShardSet.open(cfg.val_shards, cfg.train_classes) if cfg.val_shards and cfg.validate else None
+        if cfg.validate and val is None:
+            warnings.warn("no validation data (--val-shards not given): the last prompt is also kept as the best; "
+                          "pass --no-validate to say so", stacklevel=2)
         return ShardSet.open(cfg.train_shards, cfg.train_classes), val
     if cfg.split_file:
         train = read_split_file(cfg.split_file, "train", cfg.image_root)
         has_val = "val" in read_json(cfg.split_file)
+        if cfg.validate and not has_val:
+            warnings.warn(f"{cfg.split_file}: no 'val' split, so no validation: the last prompt is also kept as "
+                          f"the best; pass --no-validate to say so", stacklevel=2)
         val = read_split_file(cfg.split_file, "val", cfg.image_root) if has_val and cfg.validate else None
         return train, val
-    if not cfg.train_root:
-        raise ValueError("give --train-root (class folders) or --split-file")
     images = scan_class_folders(cfg.train_root, resolve_names(cfg.names))
-    splits = load_or_make_split(out_dir / "split.json", images, cfg.shots,
-                                cfg.val_per_class if cfg.validate else 0, cfg.split_seed)
-    return splits["train"], splits.get("val")
+    most = max(np.bincount([label for _, label in images.samples]).tolist())
+    if cfg.validate and cfg.val_per_class > 0 and most <= cfg.shots:
+        raise ValueError(f"{cfg.train_root}: --val-per-class {cfg.val_per_class} leaves no validation image: no "
+                         f"class holds more than --shots {cfg.shots} images (at most {most}); lower --shots, or "
+                         f"pass --val-per-class 0 or --no-validate")
+    # the split always holds --val-per-class images (unused with --no-validate): its train part never changes
+    splits = load_or_make_split(out_dir / "split.json", images, cfg.shots, cfg.val_per_class, cfg.split_seed,
+                                reuse=reuse_split)
+    val = splits.get("val") if cfg.validate else None
+    splits["train"].skipped = dict(images.skipped)  # what the scan left out, reported in config.json
+    if cfg.validate and val is not None:
+        covered = len({label for _, label in val.samples})
+        if covered < len(images.classnames):
+            warnings.warn(f"{cfg.train_root}: validation covers {covered} of {len(images.classnames)} classes (the "
+                          f"others hold no image beyond --shots {cfg.shots})", stacklevel=2)
+    if cfg.validate and cfg.val_per_class == 0:
+        warnings.warn("--val-per-class 0: no validation, the last prompt is also kept as the best; pass "
+                      "--no-validate to say so", stacklevel=2)
+    return splits["train"], val
 
 
 class BatchPlan:
@@ -312,26 +494,39 @@ def encode_and_backward(
 
 
 # --- checkpoints -------------------------------------------------------------------------------
+CHECKPOINT_STATE_KEYS = {"global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history"}
+
+
 def save_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """One safetensors file (context + momentum, run state in its header), replaced atomically."""
     tensors = {"ctx": prompt.ctx.detach().cpu().contiguous()}
     buffer = optimizer.state.get(prompt.ctx, {}).get("momentum_buffer")
     if buffer is not None:
         tensors["momentum_buffer"] = buffer.detach().cpu().contiguous()
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(state)}))
+    atomic_write_safetensors(path, tensors, metadata={"state": json.dumps(state)})
 
 
-def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> dict:
+def read_checkpoint_state(path: Path) -> dict:
+    """The run state in a checkpoint's header (no tensor is read); errors name the file."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            state = json.loads(f.metadata()["state"])
-        tensors = load_file(str(path))
+            state = json.loads((f.metadata() or {})["state"])
     except Exception as err:  # a damaged file must not crash with a traceback from deep inside
+        raise ValueError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0] if str(err) else err!r})") from None
+    if not isinstance(state, dict) or not CHECKPOINT_STATE_KEYS <= set(state):
+        raise ValueError(f"{path}: not a pomp checkpoint (run state or 'ctx' missing)")
+    return state
+
+
+def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> dict:
+    state = read_checkpoint_state(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
-    keys = {"global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history"}
-    if not isinstance(state, dict) or not keys <= set(state) or "ctx" not in tensors:
+    if "ctx" not in tensors:
         raise ValueError(f"{path}: not a pomp checkpoint (run state or 'ctx' missing)")
     if not bool(torch.isfinite(tensors["ctx"]).all()):
         raise ValueError(f"{path}: checkpoint context holds NaN or inf values")
@@ -347,27 +542,100 @@ def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer
     return state
 
 
+# --- what a resume must equal --------------------------------------------------------------------
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "surrogateescape")
+                          ).hexdigest()[:16]
+
+
+def run_settings(cfg: PretrainConfig) -> dict:
+    """A run's settings as a resume compares them (`check_resume`): all but `resume`; existing paths
+    made absolute, so the same file named from another folder is the same setting."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "resume"}
+    for k in _PATH_FIELDS:
+        if isinstance(settings.get(k), str) and Path(settings[k]).exists():
+            settings[k] = str(Path(settings[k]).resolve())
+    return settings
+
+
+def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
+    """What the settings resolved to, which must also be equal on resume: the backbone (its weights
+    included; its name and file are settings), the classes, the training samples, the processes
+    and steps per epoch, and for shards the loader workers (they deal the shards: the sample order)."""
+    samples = getattr(train, "samples", None) or [getattr(train, "urls", []), getattr(train, "counts", [])]
+    described = {k: v for k, v in backbone.describe().items() if k not in ("name", "pretrained")}
+    return {"backbone": described, "backbone_weights": weights_fingerprint(backbone),
+            "classes": _digest(train.classnames), "num_classes": len(train.classnames),
+            "train_samples": _digest(samples), "world_size": world, "steps_per_epoch": steps_per_epoch,
+            "shard_loader_workers": shard_workers}
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
+    return {prefix + k: (saved.get(k), now.get(k)) for k in {**saved, **now} if saved.get(k) != now.get(k)}
+
+
+def _show(value) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume(saved: dict, now: dict, allowed: set[str], checkpoint: Path) -> dict[str, tuple]:
+    """Differences between a checkpoint's run and this one: refused (ValueError listing each, one
+    line) unless every one is RESUME_FREE or named in `allowed`; returns the changes taken."""
+    changes = _differences(saved, now)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_FREE and k not in allowed}
+    if refused:
+        listed = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in sorted(refused.items()))
+        hint = [k for k in refused if k in RESUME_WITH_PERMISSION]
+        advice = (f"pass --allow-change {','.join(sorted(hint))} to accept" if hint and len(hint) == len(refused)
+                  else "resume with the run's own settings, or start a new run in another --out-dir")
+        raise ValueError(f"{checkpoint}: --resume would continue another run ({listed}); {advice}")
+    return changes
+
+
 # --- the run -----------------------------------------------------------------------------------
 class _Logger:
-    """JSON-lines log (+ TensorBoard when installed), main process only."""
+    """JSON-lines log (+ TensorBoard when installed), main process only.
+
+    Each record is appended whole or not at all (`pomp.io.append_line`). A resumed run first
+    rewrites the log to what its checkpoint had seen: a torn last line and the records of steps
+    after the checkpoint (which are re-run) are dropped, so the log never repeats a step.
+    """
 
     def __init__(self, out_dir: Path, enabled: bool):
         self.enabled = enabled
         self.path = out_dir / "log.jsonl"
         self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:
-                pass
+    def start(self, resume_step: int | None) -> None:
+        """A new log, or (resuming from step `resume_step`) the log as the checkpoint saw it."""
+        if not self.enabled:
+            return
+        if resume_step is None:
+            atomic_write_text(self.path, "")
+        else:
+            records, dropped = read_json_lines(self.path)
+            kept = [r for r in records if self._seen_by_checkpoint(r, resume_step)]
+            if dropped or len(kept) != len(records):
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        except ImportError:
+            pass
+
+    @staticmethod
+    def _seen_by_checkpoint(record: dict, step: int) -> bool:
+        at = record.get("step")
+        if not isinstance(at, int):
+            return True
+        return at < step or (at == step and ("val_acc1" in record or "event" in record))
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
@@ -394,7 +662,8 @@ def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device
         dataset = ImageDataset(train, transform, seed=cfg.seed)
         dataset.set_epoch(epoch)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_skipping,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
+                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            worker_init_fn=ignore_interrupts_in_worker)
     for pixels, labels, _, skipped in loader:
         if pixels is None:
             yield None, None, skipped
@@ -417,26 +686,80 @@ def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float
     return correct / max(total, 1.0)
 
 
+# outputs of a run in its --out-dir; those of a run that never wrote a checkpoint are replaced by a new
+# run (the best prompt removed at once: a new run rewrites it only at its first epoch's end)
+LEFTOVERS = ("log.jsonl", "config.json", "split.json", "split_params.json", "prompt_best.safetensors",
+             "prompt_best.json")
+FINISHED = ("prompt.safetensors", "summary.json")
+
+
+def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lock: RunLock) -> dict | None:
+    """Rank 0: lock the out-dir for this run, then return the state of the checkpoint it resumes
+    (its settings checked against this run's), or None for a new run (leftovers removed)."""
+    check_writable_dir(out_dir)
+    if cfg.feature_cache:
+        check_writable_dir(cfg.feature_cache)
+    lock.acquire(command="pomp pretrain")
+    remove_stale_temp_files(out_dir)  # temporaries of a killed run: never outputs
+    if checkpoint_path.exists():
+        if not cfg.resume:
+            raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
+                                  f"or choose another --out-dir")
+        saved = read_checkpoint_state(checkpoint_path)
+        if "run" in saved:
+            check_resume(saved["run"]["settings"], run_settings(cfg), _allowed_changes(cfg), checkpoint_path)
+        else:
+            warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; they cannot be "
+                          f"compared with this run's", stacklevel=2)
+        return saved
+    if cfg.resume:
+        warnings.warn(f"--resume: {out_dir} holds no checkpoint.safetensors, nothing to resume: starting a new run",
+                      stacklevel=2)
+    finished = [name for name in FINISHED if (out_dir / name).exists()]
+    if finished:
+        raise FileExistsError(f"{out_dir / finished[0]}: output of a finished run whose checkpoint is gone (a "
+                              f"--resume needs it); choose another --out-dir")
+    stale = [name for name in LEFTOVERS if (out_dir / name).exists()]
+    for name in ("prompt_best.safetensors", "prompt_best.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    if stale:
+        warnings.warn(f"{out_dir}: replacing {', '.join(stale)} of an earlier run that stopped before its first "
+                      f"checkpoint", stacklevel=2)
+    return None
+
+
+def _allowed_changes(cfg: PretrainConfig) -> set[str]:
+    return {c.strip() for c in cfg.allow_change.split(",") if c.strip()}
+
+
 def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
-    """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`."""
+    """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`.
+
+    The out-dir is locked for the life of the run (`pomp.io.RunLock`, held by rank 0); a resume
+    continues only the same run (`check_resume`). SIGTERM/SIGINT finish the current step on every
+    rank, write a checkpoint and raise `Interrupted` (exit status 143 / 130 from the CLI).
+    """
     check_config(cfg)
     dist_info, device = init_distributed(cfg.device)
+    lock = RunLock(cfg.out_dir)
+    with StopOnSignal() as stop:
+        try:
+            return _pretrain(cfg, backbone, dist_info, device, lock, stop)
+        finally:
+            lock.release()
+
+
+def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, device: torch.device,
+              lock: RunLock, stop: StopOnSignal) -> dict:
     out_dir = Path(cfg.out_dir)
-    if dist_info.main:
-        check_writable_dir(out_dir)
-        if cfg.feature_cache:
-            check_writable_dir(cfg.feature_cache)
-    dist_info.barrier()
     checkpoint_path = out_dir / "checkpoint.safetensors"
-    if checkpoint_path.exists() and not cfg.resume:
-        raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
-                              f"or choose another --out-dir")
-    if dist_info.main:  # temporary files of a killed run: never outputs, removed before this run writes
-        remove_stale_temp_files(out_dir)
-    train, val = load_training_data(cfg, out_dir) if dist_info.main else (None, None)
-    dist_info.barrier()
-    if not dist_info.main:  # every rank reads the split rank 0 wrote: the split is made once, never per rank
-        train, val = load_training_data(cfg, out_dir)
+    saved = dist_info.on_main(lambda: _claim_out_dir(cfg, out_dir, checkpoint_path, lock), share=True)
+    resuming = saved is not None
+    stop.checkpoint_path = checkpoint_path
+    stop.last_checkpoint = saved["global_step"] if resuming else None  # what a signal during set-up leaves
+    # rank 0 makes (or re-reads) the split; the others then read the file it wrote: made once, never per rank
+    loaded = dist_info.on_main(lambda: load_training_data(cfg, out_dir, reuse_split=resuming))
+    train, val = loaded if dist_info.main else load_training_data(cfg, out_dir, reuse_split=True)
     backbone = backbone or load_backbone(cfg.backbone, cfg.pretrained, device=device)
     if cfg.compile and not (hasattr(backbone, "compile_text") and backbone.compile_text(True)):
         warnings.warn(f"--compile: backbone {backbone.name!r} has no compilable text path; running eager",
@@ -462,14 +785,16 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
         aug = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
         if not cfg.augment and cfg.views == 1:
             aug = backbone.eval_transform()
-        for computing_rank in (True, False):  # rank 0 computes (or finds) the cache, then the others read it
-            if dist_info.main == computing_rank:
-                cached = cached_image_features(
-                    Path(cfg.feature_cache) / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
-                    extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
-                    precision=cfg.precision, desc="train features", progress=cfg.progress and dist_info.main)
-            if computing_rank:
-                dist_info.barrier()
+
+        def train_features() -> ImageFeatures:
+            return cached_image_features(
+                Path(cfg.feature_cache) / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
+                extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
+                precision=cfg.precision, desc="train features", progress=cfg.progress and dist_info.main)
+
+        cached = dist_info.on_main(train_features)  # rank 0 computes (or finds) the cache; a failure stops all
+        if not dist_info.main:
+            cached = train_features()  # ... then the others read it
     val_features = None
     if val is not None and cfg.validate and hasattr(val, "image_features"):  # shards: this rank's val shards
         vf = val.image_features(backbone, dist_info.rank, dist_info.world, cfg.num_workers, cfg.precision)
@@ -477,9 +802,10 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     elif val is not None and cfg.validate:
         shard = LabelledImages(val.root, val.samples[dist_info.rank :: dist_info.world], val.classnames, val.name)
         cache_dir = Path(cfg.feature_cache) / f"val-rank{dist_info.rank}-of{dist_info.world}" if cfg.feature_cache else None
-        vf = cached_image_features(cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()),
-                                   num_workers=cfg.num_workers, precision=cfg.precision,
-                                   desc="val features", progress=cfg.progress and dist_info.main) if len(shard) else None
+        vf = dist_info.on_every(lambda: cached_image_features(
+            cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()), num_workers=cfg.num_workers,
+            precision=cfg.precision, desc="val features", progress=cfg.progress and dist_info.main,
+        ) if len(shard) else None)
         val_features = (vf.features.float(), vf.labels) if vf is not None else (torch.zeros(0, 1, 1), torch.zeros(0))
 
     num_train = len(cached) if cached is not None else len(train)
@@ -487,18 +813,54 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
             else BatchPlan(num_train, cfg.batch_size, dist_info, cfg.seed))
     total_steps = plan.steps_per_epoch * cfg.epochs
     state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0,
-             "skipped_images": cached.skipped if cached is not None else 0, "history": []}
-    if cfg.resume and checkpoint_path.exists():
+             "skipped_images": cached.skipped if cached is not None else 0, "history": [], "resumes": []}
+    run = {"settings": run_settings(cfg), "facts": run_facts(backbone, train, dist_info.world, plan.steps_per_epoch,
+                                                               cfg.num_workers if cfg.train_shards else None)}
+    resume_record = None
+    if resuming:
+        def check_facts() -> dict:
+            changes = {}
+            if "run" in saved:
+                changes = _differences(saved["run"]["settings"], run["settings"])
+                changes.update(check_resume(saved["run"]["facts"], run["facts"], _allowed_changes(cfg),
+                                            checkpoint_path))
+            if saved["global_step"] > total_steps:
+                raise ValueError(f"{checkpoint_path}: the run is at step {saved['global_step']}, past the "
+                                 f"{total_steps} steps of --epochs {cfg.epochs}")
+            return changes
+
+        changes = dist_info.on_main(check_facts, share=True)
         state = load_checkpoint(checkpoint_path, prompt, optimizer)
-    if dist_info.main:
+        state.setdefault("resumes", [])
+        resume_record = {"step": state["global_step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "host": socket.gethostname(),
+                         "changed": {k: [a, b] for k, (a, b) in sorted(changes.items())}}
+        state["resumes"].append(resume_record)
+    state["run"] = run
+    logger = _Logger(out_dir, dist_info.main)
+
+    def start_writes() -> None:
         config_record = {**asdict(cfg), "num_classes": num_classes, "num_train_images": len(train),
                          "num_val_images": len(val) if val is not None else 0, "world_size": dist_info.world,
                          "steps_per_epoch": plan.steps_per_epoch, "images_per_step_per_rank": plan.batch_size,
-                         "logit_scale": logit_scale, "backbone_info": backbone.describe()}
+                         "logit_scale": logit_scale,
+                         "backbone_info": {**backbone.describe(), "weights": run["facts"]["backbone_weights"]},
+                         "skipped_files": dict(getattr(train, "skipped", {}) or {}), "resumes": state["resumes"]}
         atomic_write_json(out_dir / "config.json", config_record)
-    logger = _Logger(out_dir, dist_info.main)
+        logger.start(state["global_step"] if resuming else None)
+        if resume_record is not None:
+            logger.log({"event": "resume", **resume_record})
+
+    dist_info.on_main(start_writes)
     meta = {"recipe": cfg.recipe(), "num_classes": num_classes,
             "trained_on": cfg.train_root or cfg.split_file or cfg.train_shards}
+    if state["resumes"]:
+        meta["resumes"] = state["resumes"]
+    last_checkpoint = stop.last_checkpoint
+    stop.deferred = True  # from here a signal stops the run after the current step, with a checkpoint
+    if stop.signum:  # a signal during the set-up: stop before the first step
+        raise Interrupted(stop.signum, _stop_message(stop.signum, state["global_step"], total_steps, checkpoint_path,
+                                                     last_checkpoint))
 
     consecutive_bad = 0
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
@@ -549,8 +911,9 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", img_s=f"{n_img / max(elapsed, 1e-9):.0f}")
             if step % cfg.log_every == 0 or state["global_step"] == total_steps:
-                logger.log({"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
-                            "images_per_s": n_img / max(elapsed, 1e-9)})
+                record = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
+                          "images_per_s": n_img / max(elapsed, 1e-9)}
+                dist_info.on_main(lambda: logger.log(record))  # a failed write stops every rank alike
             if consecutive_bad >= cfg.max_bad_steps:
                 stopped_early = True
                 break
@@ -559,15 +922,27 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
                 val_acc = _validate(prompt, backbone, vocab, val_features, dist_info, device)
                 record = {"epoch": epoch, "step": state["global_step"], "val_acc1": val_acc}
                 state["history"].append(record)
-                logger.log(record)
-                if dist_info.main:
-                    improved = val_acc is None or state["best_val_acc1"] is None or val_acc > state["best_val_acc1"]
+                improved = val_acc is None or state["best_val_acc1"] is None or val_acc > state["best_val_acc1"]
+                if improved:
+                    state["best_val_acc1"], state["best_epoch"] = val_acc, epoch
+
+                def epoch_end_writes() -> None:
+                    logger.log(record)
                     if improved:
-                        state["best_val_acc1"], state["best_epoch"] = val_acc, epoch
                         prompt.save(out_dir / "prompt_best.safetensors", **meta, epochs=epoch + 1, val_acc1=val_acc)
-            if dist_info.main and (end_of_epoch or state["global_step"] % cfg.checkpoint_every == 0
-                                   or state["global_step"] >= stop_at):
-                save_checkpoint(checkpoint_path, prompt, optimizer, state)
+
+                dist_info.on_main(epoch_end_writes)
+            done = state["global_step"]
+            saved_now = end_of_epoch or done % cfg.checkpoint_every == 0 or done >= stop_at
+            signum = dist_info.max(stop.signum, device)  # every rank stops after the same step
+            if saved_now or signum:
+                dist_info.on_main(lambda: save_checkpoint(checkpoint_path, prompt, optimizer, state))
+                last_checkpoint = stop.last_checkpoint = state["global_step"]
+            if signum and state["global_step"] < total_steps:
+                bar.close()
+                dist_info.barrier()
+                raise Interrupted(signum, _stop_message(signum, state["global_step"], total_steps, checkpoint_path,
+                                                        last_checkpoint))
             if state["global_step"] >= stop_at:
                 break
         if stopped_early:

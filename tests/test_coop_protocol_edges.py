@@ -202,13 +202,15 @@ def test_eval_keeps_datasets_with_the_same_folder_name_apart(tiny_config, tmp_pa
         "eurosat", "ucf101", "imagenetv2", "imagenet_a", "imagenet_r", "imagenet21k_p"))
     sketch, food = root / "imagenet-sketch/images", root / "food-101/images"  # both class-folder roots
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(sketch), "--data", str(food), "--data", str(food), "--baseline", "single",
-                 "--backbone", tiny_config, "--out-dir", str(out), "--num-workers", "0",
-                 "--feature-cache", str(tmp_path / "cache")]) == 0
+    common = ["--baseline", "single", "--backbone", tiny_config, "--out-dir", str(out), "--num-workers", "0",
+              "--feature-cache", str(tmp_path / "cache")]
+    # the same data twice is a mistake, refused in one line before anything is written
+    assert main(["eval", "--data", str(sketch), "--data", str(food), "--data", str(food), *common]) == 2
+    assert not out.exists()
+    assert main(["eval", "--data", str(sketch), "--data", str(food), *common]) == 0
     records = {p.name: json.loads(p.read_text()) for p in out.glob("*__baseline_single.json")}
-    assert sorted(records) == ["food-101_images-2__baseline_single.json", "food-101_images__baseline_single.json",
-                               "imagenet-sketch_images__baseline_single.json"]
-    by_folder = {"imagenet-sketch_images": sketch, "food-101_images": food, "food-101_images-2": food}
+    assert sorted(records) == ["food-101_images__baseline_single.json", "imagenet-sketch_images__baseline_single.json"]
+    by_folder = {"imagenet-sketch_images": sketch, "food-101_images": food}
     for name, folder in by_folder.items():
         record = records[f"{name}__baseline_single.json"]
         assert record["dataset"] == name
@@ -216,7 +218,7 @@ def test_eval_keeps_datasets_with_the_same_folder_name_apart(tiny_config, tmp_pa
         assert record["classnames"]["sha256"] == sha256_of_lines([c.replace("_", " ") for c in classes])
         assert (out / record["classnames"]["file"]).read_text().splitlines() == [c.replace("_", " ") for c in classes]
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "prompt,imagenet-sketch_images,food-101_images,food-101_images-2,average"
+    assert header == "prompt,imagenet-sketch_images,food-101_images,average"
 
 
 # --- MIIL's tree: numpy data of any dtype reads; anything else is refused in our words ---------------

@@ -67,10 +67,18 @@ def test_few_shot_split_reproducible_and_saved(class_folders, tmp_path):
     assert not set(a["train"].samples) & set(a["val"].samples)
     split = tmp_path / "split.json"
     first = load_or_make_split(split, images, 2, 1, seed=3)
-    again = load_or_make_split(split, images, 2, 1, seed=99)  # reused, seed ignored
+    again = load_or_make_split(split, images, 2, 1, seed=3)  # read back
     assert first["train"].samples == again["train"].samples == a["train"].samples
     data = json.loads(split.read_text())
     assert data["train"][0][2] == images.classnames[data["train"][0][1]]
+    # kept only with the parameters that made it: other ones are refused by name, or the split rebuilt
+    with pytest.raises(ValueError, match=r"the saved split was made with other parameters \(split_seed 3 -> 99"):
+        load_or_make_split(split, images, 2, 1, seed=99)
+    with pytest.raises(ValueError, match="shots 2 -> 3; val_per_class 1 -> 0"):
+        load_or_make_split(split, images, 3, 0, seed=3)
+    rebuilt = load_or_make_split(split, images, 2, 1, seed=4, reuse=False)
+    assert rebuilt["train"].samples == c["train"].samples
+    assert json.loads((tmp_path / "split_params.json").read_text())["split_seed"] == 4
 
 
 def test_coop_split_file_errors(class_folders, tmp_path):

@@ -52,12 +52,12 @@ def test_feature_parts_merge_into_the_readers_cache(backbone, class_folders, tmp
     extra = {"seed": 7, "views": 2}
     single = cached_image_features(tmp_path / "single", backbone, dataset, extra, batch_size=5)
     for rank in (1, 0):  # two ranks simulated in turn; rank 0 merges
-        compute_feature_part(tmp_path / "split", backbone, dataset, rank, 2, batch_size=4, progress=False)
-    merged = merge_feature_parts(tmp_path / "split", 2, cache_key(backbone, aug, images.samples, extra))
+        compute_feature_part(tmp_path / "split", backbone, dataset, rank, 2, extra, batch_size=4, progress=False)
+    merged = merge_feature_parts(tmp_path / "split", 2, cache_key(backbone, dataset, extra))
     assert merged.features.shape == single.features.shape == (36, 2, backbone.embed_dim)
     assert torch.equal(merged.labels, single.labels)
     torch.testing.assert_close(merged.features.float(), single.features.float(), atol=2e-3, rtol=0)  # float16 cache
-    assert not (tmp_path / "split" / ".parts-of2").exists()
+    assert not list((tmp_path / "split").glob(".parts-*"))
     monkeypatch.setattr("pomp.features.compute_image_features", _no_compute)
     reread = cached_image_features(tmp_path / "split", backbone, ImageDataset(images, aug, seed=7), extra)
     assert torch.equal(reread.features, merged.features.half())

@@ -99,9 +99,9 @@ def test_resume_equals_uninterrupted(class_folders, tmp_path):
 def test_feature_cache_training_runs(class_folders, tmp_path):
     cfg = _config(class_folders, tmp_path / "run", feature_cache=str(tmp_path / "cache"), epochs=1)
     assert pretrain(cfg)["finished"]
-    assert (tmp_path / "cache" / "train" / "meta.json").is_file()
-    meta = json.loads((tmp_path / "cache" / "train" / "meta.json").read_text())
-    assert meta["shape"][:2] == [24, 2]
+    [meta_path] = (tmp_path / "cache" / "train").glob("*/meta.json")  # one published cache, in its key's folder
+    meta = json.loads(meta_path.read_text())
+    assert meta["shape"][:2] == [24, 2] and meta["key"]["views"] == 2
 
 
 def _free_port() -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pomp.data.folder import IMAGE_EXTENSIONS, LabelledImages, read_split_file
+from pomp.data.folder import LabelledImages, SkippedFiles, list_class_folders, list_image_files, read_split_file
 from pomp.prompt import clean_classname
 
 COOP_DATASETS_MD = "CoOp DATASETS.md and datasets/*.py (github.com/KaiyangZhou/CoOp)"
@@ -215,28 +215,26 @@ def classnames_source(layout: DatasetLayout | str, data_root: str | Path) -> str
 
 
 # --- readers -------------------------------------------------------------------------------------
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
 def read_class_folders(root: Path, folder_to_label: dict[str, int], classnames: list[str], name: str) -> LabelledImages:
     """Images of `root/<folder>/...` labelled by `folder_to_label`; the classifier keeps all classes.
 
     Class folders may be absent (counted in `skipped["classes_without_images"]`); a folder that is
     not in the class list is an error.
     """
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    left_out = SkippedFiles()  # hidden files, __MACOSX, links into the tree...: counted (pomp.data.folder)
+    folders = list_class_folders(root, left_out)
     unknown = [f for f in folders if f not in folder_to_label]
     if unknown:
         raise ValueError(f"{root}: {len(unknown)} folders are not classes of {name} (e.g. {unknown[0]!r})")
     samples = []
     for folder in sorted(folders, key=folder_to_label.__getitem__):
         label = folder_to_label[folder]
-        samples.extend((str(p.relative_to(root)), label) for p in _image_files(root / folder))
+        samples.extend((str(p.relative_to(root)), label) for p in list_image_files(root / folder, left_out, root))
     if not samples:
         raise ValueError(f"{root}: no images found")
     present = len({label for _, label in samples})
     skipped = {"classes_without_images": len(classnames) - present} if present < len(classnames) else {}
+    skipped.update(left_out.counts)
     return LabelledImages(root, samples, classnames, name, skipped)
 
 

@@ -6,23 +6,47 @@ A split file (ours and CoOp's `split_zhou_*.json`) maps split names to samples:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
 import random
+import signal
+import unicodedata
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 
 from pomp.data.names import clean_classname
 from pomp.data.names import read_class_list, read_names_file  # noqa: F401  (read here before pomp.data.names)
 from pomp.io import atomic_write_json, read_json
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+def _openable_extensions() -> frozenset[str]:
+    """Every file extension PIL registers for a format it can decode (.jpg, .jfif, .png, .webp, .avif,
+    .tga, .tif, .pgm...). Left out: stub formats PIL only identifies (HDF5, GRIB, BUFR, WMF) and
+    MPEG, whose plugin parses the header only."""
+    Image.init()
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        opener = Image.OPEN.get("JPEG" if fmt == "MPO" else fmt, (None,))[0]  # MPO files open through JPEG
+        stub = inspect.isclass(opener) and issubclass(opener, ImageFile.StubImageFile)
+        if opener is not None and not stub and fmt != "MPEG":
+            out.add(ext.lower())
+    return frozenset(out)
+
+
+IMAGE_EXTENSIONS = _openable_extensions()
 MAX_IMAGE_PIXELS = 8192 * 8192
+# folders other systems add to archives and disks: never classes, never scanned
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "lost+found", "$RECYCLE.BIN", "System Volume Information"})
 
 
 @dataclass
@@ -44,6 +68,134 @@ class LabelledImages:
 
 
 # --- class folders -----------------------------------------------------------------------------
+SKIP_REASONS = {  # key in LabelledImages.skipped -> how a report names it
+    "hidden": "hidden (dot) files or folders, macOS ._ files included",
+    "system_folders": "system folders (__MACOSX...)",
+    "symlinks_into_tree": "links back into the tree",
+    "not_images": "files of no image format PIL reads",
+    "undecodable_names": "names that are not UTF-8",
+    "not_regular_files": "broken links or special files",
+    "unreadable_folders": "folders that cannot be listed",
+    "files_outside_class_folders": "files beside the class folders",
+}
+
+
+@dataclass
+class SkippedFiles:
+    """What a scan left out, by reason (keys of `SKIP_REASONS`), with the first path of each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, path: str | Path) -> None:
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, printable_path(path))
+
+    def report(self, root: Path) -> str:
+        """One line: `<root>: skipped N entries: 2 hidden ... (e.g. a/.x.jpg); ...`."""
+        parts = [f"{n} {SKIP_REASONS[k]} (e.g. {self.examples[k]})" for k, n in self.counts.items()]
+        return f"{printable_path(root)}: skipped {sum(self.counts.values())} entries: {'; '.join(parts)}"
+
+
+def printable_path(path: str | Path) -> str:
+    """A path as one printable line: bytes that are not UTF-8 shown as `\\xNN` (never an encoding error)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir keeps undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def _skip_reason(entry: os.DirEntry, tree_real: str) -> str | None:
+    """Why a directory entry is not scanned, or None. `tree_real`: the real path of the dataset root."""
+    if not _is_utf8(entry.name):
+        return "undecodable_names"
+    if entry.name.startswith("."):  # .DS_Store, .git, macOS resource forks ._x.jpg, hidden images
+        return "hidden"
+    if entry.name in SYSTEM_FOLDERS and entry.is_dir():
+        return "system_folders"
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        # a link to the root, into it, or to a folder holding it would list the tree again (or forever)
+        if target == tree_real or target.startswith(tree_real + os.sep) or tree_real.startswith(target + os.sep):
+            return "symlinks_into_tree"
+    return None
+
+
+def _scandir(directory: Path, skipped: SkippedFiles) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError:
+        skipped.add("unreadable_folders", directory)
+        return []
+
+
+def list_class_folders(root: str | Path, skipped: SkippedFiles | None = None) -> list[str]:
+    """Sub-folder names of `root`, sorted: hidden and system folders, links back into the tree and
+    non-UTF-8 names are left out (counted in `skipped`), as are files beside the folders."""
+    root = Path(root)
+    skipped = skipped if skipped is not None else SkippedFiles()
+    tree_real = os.path.realpath(root)
+    folders = []
+    for entry in _scandir(root, skipped):
+        reason = _skip_reason(entry, tree_real)
+        if reason:
+            skipped.add(reason, entry.path)
+        elif entry.is_dir():
+            folders.append(entry.name)
+        else:
+            skipped.add("files_outside_class_folders", entry.path)
+    return sorted(folders)
+
+
+def list_image_files(folder: str | Path, skipped: SkippedFiles | None = None, tree: str | Path | None = None,
+                     ) -> list[Path]:
+    """Image files under `folder`, at any depth, sorted: the one listing every folder reader uses.
+
+    Kept: files whose extension names a format PIL decodes (`IMAGE_EXTENSIONS`). Left out and
+    counted in `skipped`: hidden files and folders at any depth (macOS `._*` included), system
+    folders (`SYSTEM_FOLDERS`), links pointing back into `tree` (default: `folder`) and folders
+    reached twice (link loops), non-UTF-8 names, other files. Links to elsewhere are followed.
+    """
+    folder = Path(folder)
+    skipped = skipped if skipped is not None else SkippedFiles()
+    tree_real = os.path.realpath(tree if tree is not None else folder)
+    files, seen, stack = [], set(), [folder]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = directory.stat()
+        except OSError:
+            skipped.add("unreadable_folders", directory)
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.add("symlinks_into_tree", directory)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in _scandir(directory, skipped):
+            reason = _skip_reason(entry, tree_real)
+            if reason:
+                skipped.add(reason, entry.path)
+            elif entry.is_dir():
+                stack.append(Path(entry.path))
+            elif not entry.is_file():
+                skipped.add("not_regular_files", entry.path)
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                skipped.add("not_images", entry.path)
+            else:
+                files.append(Path(entry.path))
+    return sorted(files)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
 def scan_class_folders(
     root: str | Path,
     names: dict[str, str] | None = None,
@@ -51,35 +203,72 @@ def scan_class_folders(
 ) -> LabelledImages:
     """One sub-folder per class. Class order: the names mapping's order when given, else sorted folders.
 
-    Empty class folders are counted and reported; folders missing from the names mapping, or a
-    mapping naming absent folders, are errors (before any training starts).
+    Folder names match names-file keys after Unicode NFC normalisation (archives made on macOS
+    hold NFD names). What the scan leaves out (see `list_image_files`) is counted in `.skipped`
+    and reported in one warning; empty class folders are counted and reported too. Folders
+    missing from the names mapping, or a mapping naming absent folders, are errors (before any
+    training starts).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skipped = SkippedFiles()
+    folders = list_class_folders(root, skipped)
+    by_nfc: dict[str, str] = {}
+    for folder in folders:
+        if _nfc(folder) in by_nfc:
+            raise ValueError(f"{root}: folders {by_nfc[_nfc(folder)]!r} and {folder!r} are one name in Unicode NFC")
+        by_nfc[_nfc(folder)] = folder
     if names is not None:
-        unknown = [f for f in folders if f not in names]
-        missing = [f for f in names if f not in set(folders)]
+        wanted = {_nfc(key): key for key in names}
+        unknown = [f for key, f in by_nfc.items() if key not in wanted]
+        missing = [key for key in names if _nfc(key) not in by_nfc]
         if unknown:
-            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file (e.g. {unknown[0]!r})")
+            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file "
+                             f"(e.g. {unknown[0]!r})")
         if missing:
             raise ValueError(f"{root}: names file lists {len(missing)} classes with no folder (e.g. {missing[0]!r})")
-        folders = list(names)
+        folders = [by_nfc[_nfc(key)] for key in names]
+        classnames = list(names.values())
+    else:
+        classnames = [clean_classname(_nfc(f)) for f in folders]
     samples: list[tuple[str, int]] = []
     empty = 0
     for label, folder in enumerate(folders):
-        files = sorted(
-            p for p in (root / folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        files = list_image_files(root / folder, skipped, tree=root)
         if not files:
             empty += 1
             warnings.warn(f"{root / folder}: class folder holds no images", stacklevel=2)
         samples.extend((str(p.relative_to(root)), label) for p in files)
+    if skipped.counts:
+        warnings.warn(skipped.report(root), stacklevel=2)
     if not samples:
-        raise ValueError(f"{root}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    classnames = [names[f] for f in folders] if names is not None else [clean_classname(f) for f in folders]
-    return LabelledImages(root, samples, classnames, name or root.name, {"empty_class_folders": empty} if empty else {})
+        raise ValueError(f"{root}: no images found" + (f" ({skipped.report(root).split(': ', 1)[1]})"
+                                                        if skipped.counts else ""))
+    counts = dict(skipped.counts) | ({"empty_class_folders": empty} if empty else {})
+    return LabelledImages(root, samples, classnames, name or root.name, counts)
+
+
+def unique_dataset_names(paths: Sequence[str | Path]) -> list[str]:
+    """A short, distinct name per dataset path (result files, table columns, cache folders).
+
+    A folder gives its name, a split file its stem; names that collide take parent folder names
+    until they differ: `a/images`, `b/images` -> `a_images`, `b_images`. The same dataset given
+    twice is an error.
+    """
+    resolved = [Path(p).resolve() for p in paths]
+    for i, p in enumerate(resolved):
+        if p in resolved[:i]:
+            raise ValueError(f"{paths[i]}: dataset given twice")
+    parts = [[*r.parent.parts[1:], r.stem if r.suffix == ".json" else r.name] for r in resolved]
+    depth = [1] * len(parts)
+    while True:
+        names = ["_".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashes = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1
 
 
 # --- split files -------------------------------------------------------------------------------
@@ -167,38 +356,119 @@ def few_shot_split(
     return out
 
 
+def split_parameters(images: LabelledImages, shots: int, val_per_class: int, seed: int) -> dict:
+    """What makes a k-shot split: data root, class list, shots, val per class, seed."""
+    classes = hashlib.sha256(json.dumps(images.classnames, ensure_ascii=False).encode()).hexdigest()[:16]
+    return {"root": str(Path(images.root).resolve()), "num_classes": len(images.classnames), "classes": classes,
+            "shots": shots, "val_per_class": val_per_class, "split_seed": seed}
+
+
+def _params_path(split_path: Path) -> Path:
+    return split_path.with_name(split_path.stem + "_params.json")
+
+
 def load_or_make_split(
     split_path: str | Path,
     images: LabelledImages,
     shots: int,
     val_per_class: int,
     seed: int,
+    reuse: bool = True,
 ) -> dict[str, LabelledImages]:
-    """Reuse a saved k-shot split (checked against the class list), or make and save one."""
+    """A k-shot split saved at `split_path` with the parameters that made it (`<stem>_params.json`).
+
+    With `reuse` (a resumed run) a saved split is read back, provided it was made with these
+    parameters and class list; otherwise a `ValueError` names the file and each difference.
+    Without `reuse`, or when none is saved, the split is made and saved (replacing a stale one).
+    """
     split_path = Path(split_path)
-    if split_path.is_file():
+    params = split_parameters(images, shots, val_per_class, seed)
+    params_path = _params_path(split_path)
+    if reuse and split_path.is_file():
+        saved = read_json(params_path) if params_path.is_file() else None  # None: saved by an older pomp
         splits = {s: read_split_file(split_path, s, images.root) for s in read_json(split_path)}
         if "train" not in splits:
             raise ValueError(f"{split_path}: saved split has no 'train' split (has {sorted(splits)})")
-        if splits["train"].classnames != images.classnames:
+        saved_names = splits["train"].classnames
+        if saved_names != images.classnames:
             raise ValueError(f"{split_path}: saved split's class list differs from the dataset's "
-                             f"({len(splits['train'].classnames)} vs {len(images.classnames)} classes)")
+                             f"({_first_difference(saved_names, images.classnames)})")
+        if saved is not None and saved != params:
+            diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params if saved.get(k) != params.get(k)]
+            raise ValueError(f"{split_path}: the saved split was made with other parameters ({'; '.join(diffs)})")
         return splits
     splits = few_shot_split(images, shots, val_per_class, seed)
+    params_path.unlink(missing_ok=True)  # never a new split beside the old one's parameters
     write_split_file(split_path, splits)
+    atomic_write_json(params_path, params)
     return splits
 
 
+def _first_difference(saved: list[str], now: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(saved, now)):
+        if a != b:
+            return f"class {i} is {a!r} in the split, {b!r} now"
+    return f"{len(saved)} classes in the split, {len(now)} now"
+
+
 # --- reading images ----------------------------------------------------------------------------
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB; raises ValueError with the reason on anything unreadable."""
+def load_rgb(path) -> Image.Image:
+    """Open an image (a path or a binary file object) as 8-bit RGB, as the file means it
+    (see `to_rgb`); raises ValueError with the reason on anything unreadable."""
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception as err:  # UnidentifiedImageError, OSError, DecompressionBombError, EOFError, struct.error...
         raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode, scaled rather than clipped.
+
+    - 16-bit greyscale (I;16, I;16B, I;16L, and I with values in 0..65535): v -> round(v * 255 / 65535);
+      other I images and F images: [0, 1] floats x 255, else the image's own min..max stretched to 0..255.
+    - Transparency (RGBA, LA, La, PA, RGBa, P or L/RGB with a transparent colour): composited on
+      white, as a viewer shows it (the demo data do the same), not the hidden colour under it.
+    - EXIF orientation applied (a phone photo stored sideways is read upright).
+    - Everything else (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX): PIL's own conversion.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode.startswith("F"):
+        return Image.fromarray(_high_depth_to_8bit(np.asarray(img)), mode="L").convert("RGB")
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
+        img = img.convert("RGBA")
+    elif img.mode == "La":
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _high_depth_to_8bit(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3:  # no multi-channel high-depth mode in PIL, but keep the first channel if one appears
+        a = a[..., 0]
+    if a.dtype.kind in "ui" and a.size and a.min() >= 0 and a.max() <= 65535:
+        return ((a.astype(np.uint64) * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257), exact
+    a = a.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        return np.zeros(a.shape, np.uint8)
+    low, high = float(finite.min()), float(finite.max())
+    if a.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    scaled = (np.nan_to_num(a, nan=low, posinf=high, neginf=low) - low) / max(high - low, 1e-12) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def ignore_interrupts_in_worker(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGINT/SIGTERM are the main process's to handle (it stops the
+    workers); a worker killed by them would otherwise abort the step the main process is finishing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ImageDataset(Dataset):

@@ -34,6 +34,7 @@ Augmentation of a sample is seeded by (seed, epoch, key), independent of worker 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -51,7 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pomp.data.folder import LabelledImages, load_rgb
 from pomp.data.names import read_class_list
-from pomp.io import atomic_write_json, atomic_write_text, read_json
+from pomp.io import WriteError, atomic_write_json, atomic_write_text, read_json
 
 FORMAT = "pomp-shards-v1"
 MANIFEST = "shards.json"
@@ -155,10 +156,16 @@ def write_shards(
                           "json": json.dumps(meta, ensure_ascii=False).encode()})
             count += 1
         close_shard()
-    except BaseException:
+    except BaseException as err:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError:
+                pass
             Path(writer_paths[0]).unlink(missing_ok=True)
+        if isinstance(err, OSError) and writer is not None:  # e.g. ENOSPC: name the shard being written
+            raise WriteError(err.errno or errno.EIO, f"{writer_paths[1]}: could not be written "
+                                                     f"({err.strerror or err}); earlier shards are complete") from err
         raise
     if not shards:
         raise ValueError(f"{images.name or images.root}: no readable images to write")
