@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
     p.add_argument("--template", default="a photo of a {}.", help="hand-crafted template when no --prompt")
-    p.add_argument("--classes", required=True, help="vocabulary: one class name per line, line i = class i (or a "
-                                                    "names file); lemma lists give their first lemma")
+    p.add_argument("--classes", required=True, help="vocabulary: one class name per line, in class-id order (or a "
+                                                    "names file); '#' lines are comments; lemma lists give their "
+                                                    "first lemma")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_embed)
