@@ -276,6 +276,24 @@ def test_tag_config_activation_is_honoured(openai_release, tiny_quickgelu, monke
     assert (features(plain.eval(), pixels)[0] - features(honoured, pixels)[0]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("resize_mode", ["squash", "longest", "shortest"])
+def test_tag_preprocessing_is_honoured(openai_release, monkeypatch, resize_mode):
+    """DFN5B, CLIPA and SigLIP tags resize by squashing (no crop): the test transform is open_clip's own."""
+    import numpy as np
+    from PIL import Image
+
+    _, state_dict = openai_release
+    open_clip.add_model_config(TINY)
+    _register_tag(monkeypatch, "tag", file=str(state_dict), resize_mode=resize_mode, interpolation="bilinear",
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    backbone = pomp.load_backbone(TINY, pretrained="tag")
+    assert backbone.image_spec.resize_mode == resize_mode
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained="tag")
+    y, x = np.mgrid[0:40, 0:90]
+    image = Image.fromarray(np.stack([x * 2.8, y * 6.3, (x + y) * 1.9], -1).astype(np.uint8))
+    torch.testing.assert_close(backbone.eval_transform()(image), preprocess(image), atol=1e-5, rtol=0)
+
+
 def test_local_copy_of_a_release_is_recognised_by_its_checksum(openai_release, monkeypatch):
     _, state_dict = openai_release
     sha = sha256_of(state_dict)

@@ -199,6 +199,7 @@ class OpenCLIPBackbone(Backbone):
             mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
             std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
             interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode") or "shortest",  # e.g. "squash" for DFN / SigLIP / CLIPA tags
         )
 
 
