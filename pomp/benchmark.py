@@ -30,8 +30,8 @@ import torch
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.folder import ImageDataset
-from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
-                           write_classnames, write_result, zero_shot_metrics)
+from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
+                           result_record, write_classnames, write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
@@ -235,7 +235,7 @@ def run_benchmark(
     notes = [f"skipped {k}: {v}" for k, v in run.skipped.items()] + [f"error {k}: {v}" for k, v in run.failed.items()]
     if run.records:
         run.tables = write_benchmark_tables(out_dir, run.records, datasets, notes)
-    atomic_write_json(out_dir / "benchmark_summary.json", {
+    atomic_write_json(out_dir / CONFIG_DIR / "benchmark_summary.json", {
         "data_root": str(data_root), "datasets": list(datasets), "backbone": backbone.describe(),
         "feature_cache": str(cache_root) if cache_root is not None else None,
         "scored": sorted({r["dataset"] for r in run.records}, key=list(datasets).index),

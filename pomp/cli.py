@@ -11,6 +11,8 @@ import time
 import warnings
 from pathlib import Path
 
+from pomp.evaluate import CONFIG_DIR  # resolved configs of eval / benchmark runs, beside (not among) the results
+
 BACKBONE_HELP = ("open_clip model name (ViT-B-16, ViT-B-16-quickgelu...) or model-config JSON; hf:<folder> for a "
                  "transformers CLIP folder (save_pretrained); minilm-efficientnet-lite0 (alias default) for the "
                  "offline default")
@@ -86,9 +88,6 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_text: dict[s
 def _config_from_args(cls, args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**values)
-
-
-CONFIG_DIR = "config"  # resolved configs of eval / benchmark runs, beside (not among) the result files
 
 
 # --- commands ----------------------------------------------------------------------------------

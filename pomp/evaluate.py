@@ -223,6 +223,11 @@ def result_record(dataset: str, backbone: Backbone, metrics: dict, prompt_label:
     }
 
 
+# Where a results folder keeps its other JSON (resolved configs, the benchmark's summary): clip_benchmark's
+# `build` reads every top-level *.json of the folder as a result file, so nothing else may sit there.
+CONFIG_DIR = "config"
+
+
 def write_result(path: str | Path, record: dict) -> Path:
     return atomic_write_json(path, record)
 
