@@ -32,7 +32,7 @@ from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classna
 from pomp.data.folder import ImageDataset
 from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
                            result_record, write_classnames, write_result, zero_shot_metrics)
-from pomp.features import cached_image_features
+from pomp.features import autocast_precision, cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
                                 PAPER_RESULTS, REFERENCE, SOURCE, group_average)
@@ -192,7 +192,7 @@ def run_benchmark(
     cache_root = Path(feature_cache) / backbone_slug(backbone) if feature_cache is not None else None
     text_side: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
     # the image tower runs under autocast on CUDA only; the precision it ran at is part of the cache key
-    effective_precision = precision if backbone.device.type == "cuda" else "fp32"
+    effective_precision = autocast_precision(backbone.device, precision)
     for key in datasets:
         try:
             images = load_test_set(key, data_root)

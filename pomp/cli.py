@@ -125,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.data.folder import ImageDataset
     from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
                                write_classnames, write_result, write_tables, zero_shot_metrics)
-    from pomp.features import cached_image_features
+    from pomp.features import autocast_precision, cached_image_features
     from pomp.io import atomic_write_json, check_writable_dir
     from pomp.interop import load_any
 
@@ -148,8 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for spec, images in zip(args.data, datasets):
         cache = Path(args.feature_cache) / images.name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
+                                      {"precision": autocast_precision(device, args.precision)},
                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                      desc=f"{images.name} features")
+                                      precision=args.precision, desc=f"{images.name} features")
         runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
         runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
         names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision of the image tower on CUDA (CPU runs fp32)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("benchmark", help="the paper's zero-shot suites: cross-dataset, domain generalization, IN-21K",

@@ -47,6 +47,11 @@ def autocast_for(device: torch.device, precision: str = "bf16"):
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def autocast_precision(device: torch.device, precision: str) -> str:
+    """The precision the image tower really runs at under `autocast_for` (part of a feature cache's key)."""
+    return precision if device.type == "cuda" else "fp32"
+
+
 @torch.no_grad()
 def encode_pixels(backbone: Backbone, pixels: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
     """`[B, 3, H, W]` or `[B, V, 3, H, W]` pixels -> normalised features `[B, V, D]`."""
