@@ -169,6 +169,19 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
+def _text_side(cache: dict, backbone: Backbone, key: str, classnames: Sequence[str], label: str,
+               kwargs: dict) -> torch.Tensor:
+    """The classifier of `label` on dataset `key`, built once per (label, templates, class names): ImageNet,
+    -V2 and -Sketch share theirs."""
+    baseline = kwargs.get("baseline")
+    templates = baseline_record(baseline, key)["templates"] if baseline else ()
+    cache_key = (label, tuple(templates), tuple(classnames))
+    if cache_key not in cache:
+        cache[cache_key] = build_classifier(backbone, classnames, **kwargs,
+                                            **({"dataset": key} if baseline == "dataset" else {}))
+    return cache[cache_key]
+
+
 def run_benchmark(
     data_root: str | Path,
     datasets: Sequence[str],
@@ -196,6 +209,9 @@ def run_benchmark(
     for key in datasets:
         try:
             images = load_test_set(key, data_root)
+            # the text side first: a class name that does not fit the text context fails before any image is encoded
+            for label, kwargs in classifiers:
+                _text_side(text_side, backbone, key, images.classnames, label, kwargs)
             feats = cached_image_features(
                 cache_root / key if cache_root is not None else None, backbone,
                 ImageDataset(images, backbone.eval_transform()), {"precision": effective_precision},
@@ -215,14 +231,10 @@ def run_benchmark(
         for label, kwargs in classifiers:
             baseline = kwargs.get("baseline")
             templates = baseline_record(baseline, key) if baseline else {}
-            if baseline == "dataset":
-                kwargs = {**kwargs, "dataset": key}
-                if templates["templates_source"].startswith("fallback"):
-                    log(f"note    {key}: {label}: {templates['templates_source']}")
-            cache_key = (label, tuple(templates.get("templates", ())), tuple(images.classnames))
-            if cache_key not in text_side:
-                text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs)
-            metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
+            if baseline == "dataset" and templates["templates_source"].startswith("fallback"):
+                log(f"note    {key}: {label}: {templates['templates_source']}")
+            classifier = _text_side(text_side, backbone, key, images.classnames, label, kwargs)
+            metrics = zero_shot_metrics(feats.features, feats.labels, classifier)
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,
                      "classes_without_images": images.skipped.get("classes_without_images", 0),

@@ -138,25 +138,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     datasets = [_load_eval_data(d, args.split, args.image_root, args.names) for d in args.data]
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
-    # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
-    atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
-                      {**vars(args), "func": None, "backbone_info": backbone.describe()})
     if prompt is not None:
         prompt.check_compatible(backbone)
         prompt.to(device)
-    records = []
+    # The text side first: a class name that does not fit the text context is refused before any image is encoded.
+    text_side = []
     for spec, images in zip(args.data, datasets):
+        runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
+        runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
+        try:
+            text_side.append([(label, kwargs, build_classifier(backbone, images.classnames, **kwargs))
+                              for label, kwargs in runs])
+        except ValueError as err:
+            names_from = args.names if args.names and Path(spec).suffix != ".json" else spec
+            raise ValueError(f"{names_from}: {err}") from None
+    # In a folder of its own: clip_benchmark's `build` reads every top-level *.json as a result file.
+    atomic_write_json(out_dir / CONFIG_DIR / "eval_config.json",
+                      {**vars(args), "func": None, "backbone_info": backbone.describe()})
+    records = []
+    for spec, images, runs in zip(args.data, datasets, text_side):
         cache = Path(args.feature_cache) / images.name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       {"precision": autocast_precision(device, args.precision)},
                                       batch_size=args.batch_size, num_workers=args.num_workers,
                                       precision=args.precision, desc=f"{images.name} features")
-        runs = ([("prompt:" + Path(args.prompt).name, dict(prompt=prompt))] if prompt is not None else [])
-        runs += [(f"baseline:{b}", dict(baseline=b, dataset=images.name)) for b in args.baseline]
         names_file = write_classnames(out_dir / f"{images.name}__classnames.txt", images.classnames)
         vocabulary = classnames_record(images.classnames, _names_source(spec, args.names), names_file.name)
-        for label, kwargs in runs:
-            classifier = build_classifier(backbone, images.classnames, **kwargs)
+        for label, kwargs, classifier in runs:
             metrics = zero_shot_metrics(feats.features.float(), feats.labels, classifier)
             extra = {"num_classes": len(images.classnames), "num_images": len(feats),
                      "skipped_images": feats.skipped, "classnames": vocabulary}

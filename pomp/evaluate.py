@@ -43,9 +43,19 @@ def prompt_classifier(prompt: Prompt, backbone: Backbone, classnames: Sequence[s
 def template_classifier(
     backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] = (SINGLE_TEMPLATE,), chunk_size: int = 1024
 ) -> torch.Tensor:
-    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised."""
+    """`[C, D]` hand-crafted classifier: per class, the mean of the normalised template features, renormalised.
+
+    Raises:
+        ValueError: a class name that does not fit the text context with one of the templates (its text
+            would be cut, as the learned prompt's would: both are refused the same way).
+    """
     names = [clean_classname(c) for c in classnames]
     texts = [t.format(name) for name in names for t in templates]
+    too_long = backbone.texts_overflow(texts)
+    if any(too_long):
+        name, template = divmod(too_long.index(True), len(templates))
+        raise ValueError(f"class name {names[name]!r} does not fit the text context with the template "
+                         f"{templates[template]!r}")
     feats = torch.cat([F.normalize(backbone.encode_texts(texts[i : i + chunk_size]).float(), dim=-1)
                        for i in range(0, len(texts), chunk_size)])
     feats = feats.view(len(names), len(templates), -1).mean(dim=1)

@@ -118,9 +118,9 @@ class Prompt(nn.Module):
         if not bool((placeholder == placeholder[0, 0]).all()):
             raise ValueError("the tokenizer did not map each context placeholder to a single token")
         lengths = backbone.sequence_lengths(tokens)
-        too_long = (lengths >= tokens.shape[1]) & backbone.causal
-        if bool(too_long.any()):
-            bad = names[int(too_long.nonzero()[0, 0])]
+        too_long = backbone.texts_overflow(self.prompt_texts(names))
+        if any(too_long):
+            bad = names[too_long.index(True)]
             raise ValueError(f"class name {bad!r} does not fit the text context of {tokens.shape[1]} tokens")
         return ClassTokens(names, tokens, lengths)
 

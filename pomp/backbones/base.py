@@ -71,6 +71,17 @@ class Backbone(nn.Module, ABC):
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per sequence, the number of leading tokens that determine its pooled feature."""
 
+    def texts_overflow(self, texts: Sequence[str]) -> list[bool]:
+        """Per text, whether it is longer than the text context, so that `tokenize` would cut it.
+
+        This default reads the tokenized texts: on a causal tower a text whose pooling token sits in the
+        last position counts as too long, since a text that fills the context exactly and a cut one
+        (the end token forced into the last position) look the same there. Backbones whose tokenizer
+        counts tokens without cutting override it, so exact fits pass.
+        """
+        tokens = self.tokenize(texts)
+        return ((self.sequence_lengths(tokens) >= tokens.shape[1]) & self.causal).tolist()
+
     @abstractmethod
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings `[C, L, text_width]` (no positional embedding)."""

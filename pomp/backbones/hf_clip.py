@@ -140,6 +140,12 @@ class HFCLIPBackbone(Backbone):
         )
         return encoded["input_ids"].long()
 
+    def texts_overflow(self, texts: Sequence[str]) -> list[bool]:
+        """Exact: the tokenizer's own count, special tokens included, without truncation."""
+        with _quiet_transformers():  # no "sequence length is longer than the maximum" log line
+            ids = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        return [len(x) > self.context_length for x in ids]
+
     def _pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """Position of the pooled token, exactly as the text model picks it."""
         ids = tokens.to(dtype=torch.int)

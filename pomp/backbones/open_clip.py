@@ -145,6 +145,13 @@ class OpenCLIPBackbone(Backbone):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts))
 
+    def texts_overflow(self, texts: Sequence[str]) -> list[bool]:
+        """Exact for open_clip's CLIP tokenizer: start token + BPE tokens + end token vs the context length."""
+        tok = self.tokenizer
+        if isinstance(tok, open_clip.tokenizer.SimpleTokenizer) and tok.reduction_fn is None:
+            return [len(tok.encode(text)) + 2 > tok.context_length for text in texts]
+        return super().texts_overflow(texts)
+
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         full = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
         if not self.causal:
