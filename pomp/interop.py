@@ -8,7 +8,7 @@ rebuilt, every other pickled object is an inert placeholder, no code from the fi
   scheduler state holds a pickled `CosineAnnealingLR` (method.md §7).
 - detectron2 / ZSSeg (`PROMPT_LEARNER "pomp_tuned"` or ZSSeg's own learnable prompt):
   `{'model': {'clip_adapter.prompt_learner.ctx' | '...prefix_prompt': ..., <the segmenter's weights>}}`.
-- a bare state dict holding `ctx`.
+- a bare state dict holding `ctx`, or the context tensor alone (`torch.save(prompt_learner.ctx, ...)`).
 Keys under `prompt_learner.` are the prompt learner's (MaPLe registers the whole model, so its
 file also holds the frozen CLIP towers, which are ignored). Accepted: one shared context
 `[n_ctx, width]` and the fixed token buffers (embeddings of the start token, class names and end
@@ -112,7 +112,7 @@ def prompt_from_state_dict(
     Args:
         path: the file, for messages and metadata.
         state: tensor name -> tensor (a Dassl `state_dict`, a detectron2 `model`, or a bare dict).
-        layout: `dassl`, `zsseg` or `state_dict` (recorded as `imported_from`).
+        layout: `dassl`, `zsseg`, `state_dict` or `tensor` (recorded as `imported_from`).
         epoch: the checkpoint's epoch, when it has one.
         untrained: names (as in `state`) the checkpoint's optimizer shows were never updated
             (`untrained_parameters`): ignored, not refused, and listed in the metadata.
@@ -169,8 +169,10 @@ def load_checkpoint_prompt(path: str | Path) -> Prompt:
     """Import the prompt of a Dassl, ZSSeg/detectron2 or bare-state-dict checkpoint (layout read off the file)."""
     path = Path(path)
     checkpoint = read_torch_file(path)
+    if isinstance(checkpoint, torch.Tensor):  # `torch.save(prompt_learner.ctx, ...)`: the context alone
+        return prompt_from_state_dict(path, {"ctx": checkpoint}, "tensor")
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: a checkpoint must hold a dict, found {type(checkpoint).__name__}")
+        raise ValueError(f"{path}: a checkpoint must hold a dict or a context tensor, found {type(checkpoint).__name__}")
     for key, layout in (("state_dict", "dassl"), ("model", "zsseg")):
         state = _tensor_dict(checkpoint.get(key))
         if state is not None:

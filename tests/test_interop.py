@@ -25,6 +25,7 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -176,15 +177,16 @@ class ZSSegModel(nn.Module):
         self.sem_seg_head = nn.Linear(8, 4)
 
 
-def detectron2_save(model: nn.Module, path: Path, iteration: int = 9999) -> Path:
-    """detectron2's `Checkpointer.save`: model, optimizer and scheduler state dicts, iteration."""
+def detectron2_save(model: nn.Module, path: Path, iteration: int = 9999, **extra) -> Path:
+    """detectron2's `Checkpointer.save`: model, optimizer and scheduler state dicts, iteration (and `extra`
+    checkpointables)."""
     optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     sched = PolynomialLR(optim, total_iters=10)
     sum((p.float() ** 2).sum() for p in model.parameters() if p.requires_grad).backward()
     optim.step()
     sched.step()
     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                "iteration": iteration}, path)
+                "iteration": iteration, **extra}, path)
     return path
 
 
@@ -239,7 +241,8 @@ def test_official_layout_in_torchs_legacy_format_is_read_without_running_code(tm
     """Dassl on torch < 1.6 (or `_use_new_zipfile_serialization=False`) writes a pickle stream, not a zip."""
     learner = POMPPromptLearner()
     marker = tmp_path / "marker"
-    path = dassl_save(learner, tmp_path / "model.pth.tar-5", legacy=True, payload=CreatesFile(marker))
+    path = dassl_save(learner, tmp_path / "model.pth.tar-5", legacy=True, payload=CreatesFile(marker),
+                      val_result=np.float64(25.3))  # a numpy scalar, as evaluators return them
     assert not zipfile.is_zipfile(path)
     proof = tmp_path / "proof.pth.tar"
     proof.write_bytes(path.read_bytes())
@@ -331,9 +334,24 @@ def test_kgcoop_unused_frozen_parameter_is_ignored_on_its_optimizers_evidence(tm
 
 def test_zsseg_learnable_prompt_without_suffix_is_accepted(tmp_path):
     model = ZSSegModel(n_prefix=4, n_suffix=0)
-    prompt = load_zsseg(detectron2_save(model, tmp_path / "model_final.pth"))
+    marker = tmp_path / "marker"
+    prompt = load_zsseg(detectron2_save(model, tmp_path / "model_final.pth", payload=CreatesFile(marker)))
     assert torch.equal(prompt.ctx, model.clip_adapter.prompt_learner.prefix_prompt.detach())
     assert prompt.meta["imported_from"] == "zsseg"
+    assert not marker.exists(), "the checkpoint's code ran"
+
+
+@pytest.mark.parametrize("saved", ["parameter", "tensor", "class_specific"])
+def test_a_context_saved_alone_is_a_prompt(tmp_path, capsys, saved):
+    """`torch.save(model.prompt_learner.ctx, path)`: an nn.Parameter (or its data) and nothing else."""
+    learner = CoOpPromptLearner(n_ctx=4, class_specific=saved == "class_specific")
+    path = tmp_path / "ctx.pt"
+    torch.save(learner.ctx if saved != "tensor" else learner.ctx.data, path)
+    if saved == "class_specific":
+        one_line_error(capsys, main(["info", str(path)]), "info", str(path), "class-specific")
+        return
+    prompt = load_any(path)
+    assert torch.equal(prompt.ctx, learner.ctx.detach().float()) and prompt.meta["imported_from"] == "tensor"
 
 
 def test_files_that_are_not_checkpoints_get_one_line(tmp_path, capsys):
