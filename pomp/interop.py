@@ -17,7 +17,8 @@ other learnable tensor of the prompt learner (CoCoOp's `meta_net.*`, MaPLe's `pr
 `compound_prompts_text.*`, `compound_prompt_projections.*`, a non-empty ZSSeg `suffix_prompt`,
 visual prompts `*VPT*`) and class-specific contexts `ctx [n_cls, n_ctx, width]`: pomp's prompt is
 one shared context before the class name, and dropping the rest would silently give other numbers
-than the system that trained them.
+than the system that trained them. A tensor the file's own optimizer state shows was never updated
+(KgCoOp's unused, frozen `bias_vectors`) is not learned and is ignored (`untrained_parameters`).
 
 Written: the official Dassl layout (`save_official`, ctx in fp16 by default, as the official
 checkpoints and Detic's fp16 feature-dump tool expect) and ZSSeg's (`save_zsseg`). Both build the
