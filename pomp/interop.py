@@ -34,7 +34,7 @@ import torch
 
 from pomp.io import atomic_write
 from pomp.prompt import Prompt
-from pomp.torchfile import read_torch_file
+from pomp.torchfile import Opaque, read_torch_file
 
 ZSSEG_KEY = "clip_adapter.prompt_learner.ctx"
 CONVERT_FORMATS = ("auto", "pomp", "official", "zsseg")
@@ -172,6 +172,9 @@ def load_checkpoint_prompt(path: str | Path) -> Prompt:
     checkpoint = read_torch_file(path)
     if isinstance(checkpoint, torch.Tensor):  # `torch.save(prompt_learner.ctx, ...)`: the context alone
         return prompt_from_state_dict(path, {"ctx": checkpoint}, "tensor")
+    if isinstance(checkpoint, Opaque):  # e.g. a TorchScript model (OpenAI's CLIP .pt): weights, not a prompt
+        raise ValueError(f"{path}: holds a pickled {checkpoint.target} object, not a prompt checkpoint (model "
+                         "weights go to --pretrained)")
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: a checkpoint must hold a dict or a context tensor, found {type(checkpoint).__name__}")
     for key, layout in (("state_dict", "dassl"), ("model", "zsseg")):

@@ -372,6 +372,16 @@ def test_files_that_are_not_checkpoints_get_one_line(tmp_path, capsys):
     with tarfile.open(packed, "w:gz") as tar:
         tar.add(tmp_path / "full.pth.tar", arcname="prompt_learner/model.pth.tar-5")
     one_line_error(capsys, main(["info", str(packed)]), "info", str(packed), "gzip-compressed", "unpack it first")
+    weights = tmp_path / "ViT-B-16.pt"  # model weights handed over as a prompt: a TorchScript archive
+    torch.jit.save(torch.jit.trace(nn.Linear(4, 4), torch.zeros(1, 4)), weights)
+    one_line_error(capsys, main(["info", str(weights)]), "info", str(weights), "holds a pickled __torch__.",
+                   "--pretrained")
+    from safetensors.torch import save_file
+
+    state_dict = tmp_path / "open_clip_model.safetensors"
+    save_file({f"w{i:02d}": torch.zeros(1) for i in range(40)}, state_dict)
+    line = one_line_error(capsys, main(["info", str(state_dict)]), "info", "no 'ctx' tensor", "and 32 more")
+    assert "w39" not in line
     run_dir = tmp_path / "output"  # a Dassl output folder handed over instead of its checkpoint
     dassl_save(POMPPromptLearner(width=TEXT_WIDTH), run_dir / "prompt_learner" / "model.pth.tar-5")
     one_line_error(capsys, main(["info", str(run_dir)]), "info", str(run_dir),
