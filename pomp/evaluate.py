@@ -51,11 +51,12 @@ def template_classifier(
     """
     names = [clean_classname(c) for c in classnames]
     texts = [t.format(name) for name in names for t in templates]
-    too_long = backbone.texts_overflow(texts)
-    if any(too_long):
-        name, template = divmod(too_long.index(True), len(templates))
-        raise ValueError(f"class name {names[name]!r} does not fit the text context with the template "
-                         f"{templates[template]!r}")
+    for i in range(0, len(texts), chunk_size):  # every text checked before any is encoded
+        too_long = backbone.texts_overflow(texts[i : i + chunk_size])
+        if any(too_long):
+            name, template = divmod(i + too_long.index(True), len(templates))
+            raise ValueError(f"class name {names[name]!r} does not fit the text context with the template "
+                             f"{templates[template]!r}")
     feats = torch.cat([F.normalize(backbone.encode_texts(texts[i : i + chunk_size]).float(), dim=-1)
                        for i in range(0, len(texts), chunk_size)])
     feats = feats.view(len(names), len(templates), -1).mean(dim=1)
