@@ -94,3 +94,11 @@ def test_eval_refuses_a_long_name_before_encoding_any_image(class_folders, tiny_
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"pomp eval: error: {names}: class name 'cat cat") and "does not fit" in err[0]
     assert not list(out.rglob("*.json"))
+
+
+def test_the_refused_class_is_named_whichever_chunk_holds_it(backbone):
+    from pomp.evaluate import template_classifier
+
+    long_name = cats(CONTEXT - 4)  # "{}." takes it (start, name, ".", end), "a {} b." does not
+    with pytest.raises(ValueError, match=f"^class name '{long_name}' does not fit .* template 'a {{}} b.'"):
+        template_classifier(backbone, ["dog", "bird", "fox", long_name], templates=("{}.", "a {} b."), chunk_size=3)
