@@ -30,8 +30,8 @@ import torch
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.folder import ImageDataset, LabelledImages
-from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
-                           write_classnames, write_result, zero_shot_metrics)
+from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
+                           result_record, write_classnames, write_result, zero_shot_metrics)
 from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
@@ -169,11 +169,16 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
-def _text_key(label: str, kwargs: dict, dataset: str, classnames: Sequence[str]) -> tuple:
-    """Classifiers equal when label, templates and class names are (ImageNet, -V2, -Sketch share theirs)."""
+def _text_side(cache: dict, backbone: Backbone, key: str, classnames: Sequence[str], label: str,
+               kwargs: dict, source: str | None = None) -> torch.Tensor:
+    """The classifier of `label` on dataset `key`, built once per (label, templates, class names): ImageNet,
+    -V2 and -Sketch share theirs. `source` is named when a class does not fit the text context."""
     baseline = kwargs.get("baseline")
-    templates = tuple(baseline_record(baseline, dataset)["templates"]) if baseline else ()
-    return (label, templates, tuple(classnames))
+    templates = baseline_record(baseline, key)["templates"] if baseline else ()
+    cache_key = (label, tuple(templates), tuple(classnames))
+    if cache_key not in cache:
+        cache[cache_key] = build_classifier(backbone, classnames, **kwargs, dataset=key, source=source)
+    return cache[cache_key]
 
 
 def run_benchmark(
@@ -198,8 +203,6 @@ def run_benchmark(
     run = BenchmarkRun(datasets=list(datasets))
     cache_root = Path(feature_cache) / backbone_slug(backbone) if feature_cache is not None else None
     text_side: dict[tuple, torch.Tensor] = {}  # ImageNet, -V2, -Sketch share classifiers
-    # the image tower runs under autocast on CUDA only; the precision it ran at is part of the cache key
-    effective_precision = precision if backbone.device.type == "cuda" else "fp32"
     # Pass 1, text side: every dataset's classifiers before any image is encoded, so a class name that does
     # not fit the text context is reported (as that dataset's error) before the image towers run.
     found: dict[str, LabelledImages] = {}
@@ -207,10 +210,8 @@ def run_benchmark(
         try:
             images = load_test_set(key, data_root)
             for label, kwargs in classifiers:
-                cache_key = _text_key(label, kwargs, key, images.classnames)
-                if cache_key not in text_side:
-                    text_side[cache_key] = build_classifier(backbone, images.classnames, **kwargs, dataset=key,
-                                                            source=str(Path(data_root) / LAYOUT_BY_KEY[key].folder))
+                _text_side(text_side, backbone, key, images.classnames, label, kwargs,
+                           source=str(Path(data_root) / LAYOUT_BY_KEY[key].folder))
             found[key] = images
         except DatasetMissing as err:
             run.skipped[key] = str(err).split(": ", 1)[1]
@@ -223,8 +224,7 @@ def run_benchmark(
         try:
             feats = cached_image_features(
                 cache_root / key if cache_root is not None else None, backbone,
-                ImageDataset(images, backbone.eval_transform()), {"precision": effective_precision},
-                batch_size=batch_size, num_workers=num_workers,
+                ImageDataset(images, backbone.eval_transform()), batch_size=batch_size, num_workers=num_workers,
                 precision=precision, desc=f"{key} features", progress=progress)
         except (ValueError, OSError, RuntimeError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -238,8 +238,8 @@ def run_benchmark(
             templates = baseline_record(baseline, key) if baseline else {}
             if baseline == "dataset" and templates["templates_source"].startswith("fallback"):
                 log(f"note    {key}: {label}: {templates['templates_source']}")
-            cache_key = _text_key(label, kwargs, key, images.classnames)
-            metrics = zero_shot_metrics(feats.features, feats.labels, text_side[cache_key])
+            classifier = _text_side(text_side, backbone, key, images.classnames, label, kwargs)
+            metrics = zero_shot_metrics(feats.features, feats.labels, classifier)
             extra = {"title": LAYOUT_BY_KEY[key].title, "split": "test", "num_classes": len(images.classnames),
                      "num_images": len(feats), "skipped_images": feats.skipped,
                      "classes_without_images": images.skipped.get("classes_without_images", 0),
@@ -252,7 +252,7 @@ def run_benchmark(
     notes = [f"skipped {k}: {v}" for k, v in run.skipped.items()] + [f"error {k}: {v}" for k, v in run.failed.items()]
     if run.records:
         run.tables = write_benchmark_tables(out_dir, run.records, datasets, notes)
-    atomic_write_json(out_dir / "benchmark_summary.json", {
+    atomic_write_json(out_dir / CONFIG_DIR / "benchmark_summary.json", {
         "data_root": str(data_root), "datasets": list(datasets), "backbone": backbone.describe(),
         "feature_cache": str(cache_root) if cache_root is not None else None,
         "scored": sorted({r["dataset"] for r in run.records}, key=list(datasets).index),

@@ -12,6 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
+from pomp.evaluate import CONFIG_DIR  # resolved configs of eval / benchmark runs, beside (not among) the results
+
 BACKBONE_HELP = ("open_clip model name (ViT-B-16, ViT-B-16-quickgelu...) or model-config JSON; hf:<folder> for a "
                  "transformers CLIP folder (save_pretrained); minilm-efficientnet-lite0 (alias default) for the "
                  "offline default")
@@ -91,9 +93,6 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_text: dict[s
 def _config_from_args(cls, args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**values)
-
-
-CONFIG_DIR = "config"  # resolved configs of eval / benchmark runs, beside (not among) the result files
 
 
 def int_at_least(low: int):
@@ -214,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache = Path(args.feature_cache) / name if args.feature_cache else None
         feats = cached_image_features(cache, backbone, ImageDataset(images, backbone.eval_transform()),
                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                      desc=f"{name} features")
+                                      precision=args.precision, desc=f"{name} features")
         if all(re.fullmatch(r"n\d{8}", c) for c in images.classnames):  # "a photo of a n01440764." scores nothing
             print(f"note: {name}: the class names are WordNet ids (e.g. {images.classnames[0]!r}): give --names "
                   "(CoOp's imagenet/classnames.txt, or imagenet21k-p)")
@@ -374,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--num-workers", type=int_at_least(0), default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision of the image tower on CUDA (CPU runs fp32)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("benchmark", help="the paper's zero-shot suites: cross-dataset, domain generalization, IN-21K",
@@ -412,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="learned prompt; without it, --template is used")
     p.add_argument("--template", default=None, help="hand-crafted template when no --prompt "
                                                     "(default: 'a photo of a {}.')")
-    p.add_argument("--classes", required=True, help="vocabulary: one class name per line, line i = class i (or a "
-                                                    "names file); lemma lists give their first lemma")
+    p.add_argument("--classes", required=True, help="vocabulary: one class name per line, in class-id order (or a "
+                                                    "names file); '#' lines are comments; lemma lists give their "
+                                                    "first lemma")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_embed)

@@ -87,8 +87,7 @@ def template_classifier(
     names = [clean_classname(c) for c in classnames]
     first, inverse = distinct_names(names)
     texts = [t.format(names[i]) for i in first for t in templates]
-    labels = [f"class {names[i]!r}" + (f" in template {t!r}" if len(templates) > 1 else "")
-              for i in first for t in templates]
+    labels = [f"class {names[i]!r} in template {t!r}" for i in first for t in templates]
     feats = []
     for i in range(0, len(texts), chunk_size):
         tokens = check_fit(backbone, texts[i : i + chunk_size], labels[i : i + chunk_size], source)
@@ -261,6 +260,11 @@ def result_record(dataset: str, backbone: Backbone, metrics: dict, prompt_label:
         "backbone": backbone.describe(),
         **(extra or {}),
     }
+
+
+# Where a results folder keeps its other JSON (resolved configs, the benchmark's summary): clip_benchmark's
+# `build` reads every top-level *.json of the folder as a result file, so nothing else may sit there.
+CONFIG_DIR = "config"
 
 
 def write_result(path: str | Path, record: dict) -> Path:

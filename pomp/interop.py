@@ -8,7 +8,7 @@ rebuilt, every other pickled object is an inert placeholder, no code from the fi
   scheduler state holds a pickled `CosineAnnealingLR` (method.md §7).
 - detectron2 / ZSSeg (`PROMPT_LEARNER "pomp_tuned"` or ZSSeg's own learnable prompt):
   `{'model': {'clip_adapter.prompt_learner.ctx' | '...prefix_prompt': ..., <the segmenter's weights>}}`.
-- a bare state dict holding `ctx`.
+- a bare state dict holding `ctx`, or the context tensor alone (`torch.save(prompt_learner.ctx, ...)`).
 Keys under `prompt_learner.` are the prompt learner's (MaPLe registers the whole model, so its
 file also holds the frozen CLIP towers, which are ignored). Accepted: one shared context
 `[n_ctx, width]` and the fixed token buffers (embeddings of the start token, class names and end
@@ -17,7 +17,8 @@ other learnable tensor of the prompt learner (CoCoOp's `meta_net.*`, MaPLe's `pr
 `compound_prompts_text.*`, `compound_prompt_projections.*`, a non-empty ZSSeg `suffix_prompt`,
 visual prompts `*VPT*`) and class-specific contexts `ctx [n_cls, n_ctx, width]`: pomp's prompt is
 one shared context before the class name, and dropping the rest would silently give other numbers
-than the system that trained them.
+than the system that trained them. A tensor the file's own optimizer state shows was never updated
+(KgCoOp's unused, frozen `bias_vectors`) is not learned and is ignored (`untrained_parameters`).
 
 Written: the official Dassl layout (`save_official`, ctx in fp16 by default, as the official
 checkpoints and Detic's fp16 feature-dump tool expect) and ZSSeg's (`save_zsseg`). Both build the
@@ -33,7 +34,7 @@ import torch
 
 from pomp.io import atomic_write
 from pomp.prompt import Prompt
-from pomp.torchfile import read_torch_file
+from pomp.torchfile import Opaque, read_torch_file
 
 ZSSEG_KEY = "clip_adapter.prompt_learner.ctx"
 CONVERT_FORMATS = ("auto", "pomp", "official", "zsseg")
@@ -70,20 +71,59 @@ def _describe_extras(names: list[str]) -> str:
     return shown + (f" ({', '.join(owners)})" if owners else "")
 
 
-def prompt_from_state_dict(path: str | Path, state: dict, layout: str, epoch: int | None = None) -> Prompt:
+def untrained_parameters(state: dict, optimizer) -> set[str]:
+    """Names of `state`'s parameters the checkpoint's own optimizer never updated, or an empty set.
+
+    A Dassl trainer builds its optimizer over every parameter of the registered module, frozen ones
+    included (`build_optimizer` passes `model.parameters()`), and saves `optimizer.state_dict()`:
+    `param_groups[*]["params"]` number the parameters in `named_parameters()` order, and `state`
+    holds an entry (SGD's momentum buffer, Adam's moments) only for those that received a gradient.
+    KgCoOp, for one, keeps an unused, frozen `bias_vectors` parameter in its prompt learner. The
+    mapping is trusted only when it is exact: the state dict's tensors other than the known fixed
+    buffers are as many as the optimizer's parameters (a state dict lists parameters in
+    `named_parameters()` order, buffers beside them) and every optimizer state has the shape of the
+    parameter it is mapped to. Anything else gives no evidence (empty set).
+    """
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict):
+        return set()
+    groups = optimizer.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                for g in groups):
+        return set()
+    ids = [i for g in groups for i in g["params"]]
+    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and k.rsplit(".", 1)[-1] not in FIXED_BUFFERS]
+    if len(ids) != len(names) or len(set(ids)) != len(ids):
+        return set()
+    updated = {i: entry for i, entry in optimizer["state"].items() if entry}
+    if not updated:  # plain SGD without momentum keeps no state, nor does an optimizer that never stepped
+        return set()
+    for name, i in zip(names, ids):  # a momentum buffer has its parameter's shape: the mapping must agree
+        buffers = [v for v in (updated[i].values() if isinstance(updated.get(i), dict) else ())
+                   if isinstance(v, torch.Tensor) and v.dim() > 0]
+        if any(tuple(b.shape) != tuple(state[name].shape) for b in buffers):
+            return set()
+    return {name for name, i in zip(names, ids) if i not in updated}
+
+
+def prompt_from_state_dict(
+    path: str | Path, state: dict, layout: str, epoch: int | None = None, untrained: set[str] = frozenset()
+) -> Prompt:
     """The shared context of a prompt learner's state dict, or a one-line refusal naming what cannot be kept.
 
     Args:
         path: the file, for messages and metadata.
         state: tensor name -> tensor (a Dassl `state_dict`, a detectron2 `model`, or a bare dict).
-        layout: `dassl`, `zsseg` or `state_dict` (recorded as `imported_from`).
+        layout: `dassl`, `zsseg`, `state_dict` or `tensor` (recorded as `imported_from`).
         epoch: the checkpoint's epoch, when it has one.
+        untrained: names (as in `state`) the checkpoint's optimizer shows were never updated
+            (`untrained_parameters`): ignored, not refused, and listed in the metadata.
     """
     if any("prompt_learner." in k for k in state):
-        learner = {k.split("prompt_learner.", 1)[1]: v for k, v in state.items() if "prompt_learner." in k}
+        full_name = {k.split("prompt_learner.", 1)[1]: k for k in state if "prompt_learner." in k}
         outside = [k for k in state if "prompt_learner." not in k]
     else:
-        learner, outside = dict(state), []
+        full_name, outside = {k: k for k in state}, []
+    learner = {k: state[name] for k, name in full_name.items()}
     context_key = next((k for k in CONTEXT_KEYS if k in learner), None)
     if context_key is None:
         raise ValueError(f"{path}: no prompt context ({' or '.join(CONTEXT_KEYS)}) in the checkpoint's "
@@ -101,8 +141,12 @@ def prompt_from_state_dict(path: str | Path, state: dict, layout: str, epoch: in
     empty_suffix = isinstance(learner.get("suffix_prompt"), torch.Tensor) and learner["suffix_prompt"].numel() == 0
     if empty_suffix:
         learner.pop("suffix_prompt")
-    extras = [k for k, v in learner.items() if isinstance(v, torch.Tensor) and k not in FIXED_BUFFERS]
-    extras += [k for k in outside if "VPT" in k]
+    if full_name[context_key] in untrained:  # the optimizer never moved the context: it tells nothing
+        untrained = frozenset()
+    never_trained = sorted(k for k in learner if full_name[k] in untrained and k not in FIXED_BUFFERS)
+    extras = [k for k, v in learner.items()
+              if isinstance(v, torch.Tensor) and k not in FIXED_BUFFERS and k not in never_trained]
+    extras += [k for k in outside if "VPT" in k and k not in untrained]
     if extras:
         raise ValueError(f"{path}: holds learnable tensors pomp cannot represent beside the shared context: "
                          f"{_describe_extras(extras)}; pomp's prompt is one shared context only")
@@ -112,6 +156,8 @@ def prompt_from_state_dict(path: str | Path, state: dict, layout: str, epoch: in
         meta["epoch"] = epoch
     if dropped:
         meta["fixed_buffers_ignored"] = dropped
+    if never_trained:
+        meta["untrained_ignored"] = never_trained  # in the file, never updated by its optimizer
     return Prompt(ctx.detach().to(torch.float32).clone(), meta)
 
 
@@ -124,12 +170,18 @@ def load_checkpoint_prompt(path: str | Path) -> Prompt:
     """Import the prompt of a Dassl, ZSSeg/detectron2 or bare-state-dict checkpoint (layout read off the file)."""
     path = Path(path)
     checkpoint = read_torch_file(path)
+    if isinstance(checkpoint, torch.Tensor):  # `torch.save(prompt_learner.ctx, ...)`: the context alone
+        return prompt_from_state_dict(path, {"ctx": checkpoint}, "tensor")
+    if isinstance(checkpoint, Opaque):  # e.g. a TorchScript model (OpenAI's CLIP .pt): weights, not a prompt
+        raise ValueError(f"{path}: holds a pickled {checkpoint.target} object, not a prompt checkpoint (model "
+                         "weights go to --pretrained)")
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: a checkpoint must hold a dict, found {type(checkpoint).__name__}")
+        raise ValueError(f"{path}: a checkpoint must hold a dict or a context tensor, found {type(checkpoint).__name__}")
     for key, layout in (("state_dict", "dassl"), ("model", "zsseg")):
         state = _tensor_dict(checkpoint.get(key))
         if state is not None:
-            return prompt_from_state_dict(path, state, layout, _epoch(checkpoint))
+            untrained = untrained_parameters(state, checkpoint.get("optimizer"))
+            return prompt_from_state_dict(path, state, layout, _epoch(checkpoint), untrained)
     if any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return prompt_from_state_dict(path, checkpoint, "state_dict")
     raise ValueError(f"{path}: neither a Dassl checkpoint ('state_dict'), a detectron2/ZSSeg one ('model') "
@@ -155,6 +207,12 @@ def load_zsseg(path: str | Path) -> Prompt:
 def load_any(path: str | Path) -> Prompt:
     """Our format (`.safetensors` / `.json` / a folder), or any checkpoint `load_checkpoint_prompt` reads."""
     path = Path(path)
+    if path.is_dir() and not (path / "prompt.safetensors").is_file():
+        # e.g. a Dassl output folder: its checkpoints are `prompt_learner/model.pth.tar-N`
+        found = sorted(path.glob("model*.pth*")) + sorted(path.glob("*/model*.pth*"))
+        shown = ", ".join(map(str, found[:3])) + (", ..." if len(found) > 3 else "")
+        hint = f"; it holds {shown}: pass one of those files" if found else ""
+        raise FileNotFoundError(f"{path}: a folder without a pomp prompt (prompt.safetensors){hint}")
     if path.is_dir() or path.suffix in {".safetensors", ".json"}:
         return Prompt.load(path)
     if not path.is_file():
@@ -241,5 +299,5 @@ def convert_prompt(
 
 __all__ = [
     "convert_prompt", "load_any", "load_checkpoint_prompt", "load_official", "load_zsseg",
-    "prompt_from_state_dict", "save_official", "save_zsseg",
+    "prompt_from_state_dict", "save_official", "save_zsseg", "untrained_parameters",
 ]

@@ -269,7 +269,9 @@ class Prompt(nn.Module):
         except (SafetensorError, OSError, RuntimeError, ValueError) as err:
             raise ValueError(f"{tensor_path}: not a readable safetensors file ({err})") from None
         if "ctx" not in tensors:
-            raise ValueError(f"{tensor_path}: no 'ctx' tensor in file (has {sorted(tensors)})")
+            held = sorted(tensors)
+            shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+            raise ValueError(f"{tensor_path}: no 'ctx' tensor in file (it holds {len(held)}: {shown})")
         ctx = tensors["ctx"]
         if ctx.dim() != 2 or not ctx.is_floating_point() or min(ctx.shape) < 1:
             raise ValueError(f"{tensor_path}: 'ctx' must be a non-empty float [n_ctx, width] tensor, "

@@ -19,14 +19,17 @@ on its allow-list, and an official Dassl/POMP checkpoint holds a pickled `Cosine
 inside its scheduler state. Why not `torch.jit.load` for OpenAI's TorchScript `.pt` files: it
 compiles the archive's code and runs its `__setstate__` methods, i.e. code from the file.
 
-Files in torch's pre-1.6 (non-zip) format are read with `torch.load(weights_only=True)` (torch's
-own restricted unpickler): tensors and containers only, anything else refused.
+Files in torch's pre-1.6 format (`torch.save(..., _use_new_zipfile_serialization=False)`, what
+Dassl wrote on old torch versions) are read by the same unpickler: that format is a run of pickles
+(magic number, protocol version, system info, the object tree, the storage keys) followed by each
+storage as an 8-byte little-endian element count and its raw bytes.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -153,11 +156,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._placeholders[target]
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        # ("storage", type, key, location, numel) in zip archives, plus a view record in the legacy format
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage") or self._read_storage is None:
             raise ValueError(f"unknown persistent record {str(pid)[:60]}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int):
+        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
             raise ValueError("unknown storage type")
+        if len(pid) > 5 and pid[5] is not None:
+            raise ValueError("storage views (written by torch before 1.0) are not read")
         return self._read_storage(str(key), storage_type.dtype, numel)
 
 
@@ -209,15 +215,92 @@ def _read_zip(path: Path) -> Any:
             return _RestrictedUnpickler(data, read_storage).load()
 
 
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
+
+
+def _read_legacy(path: Path) -> Any:
+    """A pre-1.6 torch file: its pickles read by the restricted unpickler, then its storages filled in."""
+    file_size = path.stat().st_size
+    storages: dict[str, torch.Tensor] = {}
+
+    def allocate(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        # the bytes follow the object tree: tensors view an empty storage that is filled afterwards
+        if key not in storages:
+            if numel * _itemsize(dtype) > file_size:
+                raise ValueError(f"storage {key} claims more bytes than the file holds (cut short?)")
+            storages[key] = torch.empty(numel, dtype=dtype)
+        elif storages[key].dtype != dtype or storages[key].numel() != numel:
+            raise ValueError(f"storage {key} is used with two types or sizes")
+        return storages[key]
+
+    with open(path, "rb") as f:
+        def plain():
+            return _RestrictedUnpickler(f, None).load()
+
+        if plain() != LEGACY_MAGIC:
+            raise ValueError("no torch magic number")
+        if plain() != LEGACY_PROTOCOL:
+            raise ValueError("unknown legacy torch protocol version")
+        sys_info = plain()
+        if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+            raise ValueError("big-endian torch file")
+        tree = _RestrictedUnpickler(f, allocate).load()
+        keys = plain()
+        if not isinstance(keys, list):
+            raise ValueError("malformed storage list")
+        for key in map(str, keys):
+            if key not in storages:
+                raise ValueError(f"storage {key} is listed but no tensor uses it")
+            storage = storages[key]
+            header = f.read(8)
+            if len(header) != 8:
+                raise ValueError("the file ends before its tensor data (cut short?)")
+            (numel,) = struct.unpack("<q", header)
+            if numel != storage.numel():
+                raise ValueError(f"storage {key} holds {numel} elements, not {storage.numel()}")
+            nbytes = numel * _itemsize(storage.dtype)
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise ValueError("the file ends before its tensor data (cut short?)")
+            if nbytes:
+                storage.view(torch.uint8).copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return tree
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _not_a_torch_file(head: bytes) -> str | None:
+    """Why a file that is no torch archive cannot be one, from its first bytes (None: try the legacy format)."""
+    if not head:
+        return "an empty file (0 bytes)"
+    if head[:4] == b"PK\x03\x04":
+        return "unreadable torch file (a damaged zip archive: its directory is missing, e.g. the file was cut short)"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip-compressed file, not a torch file (unpack it first, e.g. tar xzf)"
+    if head[257:262] == b"ustar":
+        return "a tar archive (of files, or torch's pre-0.4 format), not a torch file; extract the checkpoint first"
+    if head[:1] != b"\x80":  # every pickle torch writes starts with the PROTO opcode
+        return "not a readable torch file (neither a torch zip archive nor a pre-1.6 torch file)"
+    return None
+
+
 def read_torch_file(path: str | Path) -> Any:
     """The object tree of a `torch.save` / `torch.jit.save` file: tensors, containers, `Opaque` stand-ins.
 
+    Reads torch's zip archives (torch >= 1.6, TorchScript) and its older pickle-stream format.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: `"<path>: <reason>"` in one line for anything unreadable (damaged, not a torch
-            file, a pre-1.6 file holding more than tensors).
+        IsADirectoryError: a folder.
+        ValueError: `"<path>: <reason>"` in one line for anything unreadable (empty, damaged, cut
+            short, compressed, not a torch file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a torch file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     if zipfile.is_zipfile(path):
@@ -226,19 +309,15 @@ def read_torch_file(path: str | Path) -> Any:
         except Exception as err:  # zip, pickle and our own checks raise many kinds
             raise ValueError(f"{path}: unreadable torch file ({_first_line(err)})") from None
     with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            raise ValueError(f"{path}: unreadable torch file (a damaged zip archive: its directory is missing, "
-                             "e.g. the file was cut short)")
+        reason = _not_a_torch_file(f.read(512))
+    if reason:
+        raise ValueError(f"{path}: {reason}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused:
-            reason = (f"a pre-1.6 (non-zip) torch file holding {refused.group(1)}; pomp reads such files only "
-                      "when they hold nothing but tensors and plain containers")
-        else:
-            reason = "not a readable torch file (neither a torch zip archive nor a pre-1.6 torch file)"
-        raise ValueError(f"{path}: {reason}") from None
+        return _read_legacy(path)
+    except Exception as err:  # pickle and our own checks raise many kinds, depending on the damage
+        if isinstance(err, (EOFError, pickle.UnpicklingError)) and "ran out of input" in str(err).lower():
+            err = ValueError("the file ends early (cut short?)")
+        raise ValueError(f"{path}: unreadable pre-1.6 torch file ({_first_line(err)})") from None
 
 
 def _first_line(err: Exception, limit: int = 120) -> str:

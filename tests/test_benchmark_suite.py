@@ -316,7 +316,7 @@ def test_missing_datasets_are_skipped_with_one_line(backbone, tiny_config, tmp_p
     assert len(caltech) == 1 and str(root / "caltech-101" / "split_zhou_Caltech101.json") in caltech[0]
     assert sorted(p.name for p in out.glob("*.json") if "__" in p.name) == [
         "dtd__prompt_p.safetensors.json", "eurosat__prompt_p.safetensors.json"]
-    summary = json.loads((out / "benchmark_summary.json").read_text())
+    summary = json.loads((out / "config" / "benchmark_summary.json").read_text())
     assert summary["scored"] == ["dtd", "eurosat"] and "imagenet" in summary["skipped"]
     rows = {line.split(",")[0]: line.split(",") for line in (out / "benchmark.csv").read_text().splitlines()}
     ours = dict(zip(rows["method"], rows["prompt:p.safetensors"]))

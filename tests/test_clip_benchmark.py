@@ -49,6 +49,16 @@ def test_metrics_equal_clip_benchmarks(num_classes):
     assert ours["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(labels.numpy(), logits.argmax(1)))
 
 
+def clip_benchmark_build(folder: Path, table: Path) -> list[dict]:
+    """`python -m clip_benchmark.cli build FOLDER --output TABLE`, as a clip_benchmark user aggregates results."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build", str(folder), "--output", str(table)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_clip_benchmark_build_reads_pomp_results(backbone, class_folders, tiny_config, tmp_path):
     prompt = Prompt.init(backbone, n_ctx=4, seed=0)
     prompt.save(tmp_path / "p.safetensors")
@@ -68,16 +78,30 @@ def test_clip_benchmark_build_reads_pomp_results(backbone, class_folders, tiny_c
     assert all(r["backbone"]["activation"] == "gelu" and r["backbone"]["weights"] == {"random_init_seed": 0}
                for r in records)
 
-    table = tmp_path / "benchmark.csv"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build", str(out), "--output", str(table)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = clip_benchmark_build(out, tmp_path / "benchmark.csv")
     assert len(rows) == 4
     by_key = {(r["dataset"], r["prompt"]): r for r in rows}
     for record in records:
         row = by_key[(record["dataset"], record["prompt"])]
         assert float(row["acc1"]) == pytest.approx(record["metrics"]["acc1"])
         assert row["model_fullname"] == f"{tiny_config} random-init"
+
+
+def test_clip_benchmark_build_reads_a_benchmark_folder(backbone, tiny_config, tmp_path):
+    """`pomp benchmark` writes results beside its tables; its config and summary live in config/."""
+    from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
+
+    root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k not in ("dtd", "eurosat")))
+    Prompt.init(backbone, n_ctx=4, seed=0).save(tmp_path / "p.safetensors")
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--suite", "cross-dataset", "--data-root", str(root), "--prompt",
+                 str(tmp_path / "p.safetensors"), "--baseline", "single", "--backbone", tiny_config, "--out-dir",
+                 str(out), "--feature-cache", str(tmp_path / "fc"), "--num-workers", "0", "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "config").iterdir()) == ["benchmark_config.json", "benchmark_summary.json"]
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert len(records) == 4 and all(r["metrics"]["acc5"] is None for r in records)  # 3 classes each
+    rows = clip_benchmark_build(out, tmp_path / "table.csv")
+    by_key = {(r["dataset"], r["prompt"]): r for r in rows}
+    assert len(rows) == 4 and set(by_key) == {(r["dataset"], r["prompt"]) for r in records}
+    for record in records:
+        assert float(by_key[(record["dataset"], record["prompt"])]["acc1"]) == pytest.approx(record["metrics"]["acc1"])

@@ -266,6 +266,89 @@ def test_folder_without_image_settings_says_so(hf_dir, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def _non_square_image():
+    """96 x 48 gradients with a red band on the left: cropping and squashing give different pixels."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:96]
+    pixels = np.stack([x * 255 / 95, y * 255 / 47, (x + y) * 255 / 142], -1).astype(np.uint8)
+    pixels[:, :20] = [250, 10, 10]
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("processor", ["clip", "siglip"])
+def test_image_settings_follow_the_processor_class_the_folder_names(hf_dir, tmp_path, processor):
+    """A SigLIP-style processor resizes both sides to {height, width} and never crops; CLIP's resizes the
+    short side and crops. pomp's test transform equals transformers' own processor output either way."""
+    folder = _model_and_tokenizer_only(hf_dir, tmp_path / processor)
+    if processor == "siglip":
+        transformers.SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                          image_std=[0.2, 0.3, 0.4]).save_pretrained(folder)
+    else:
+        transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                        image_mean=list(MEAN), image_std=list(STD)).save_pretrained(folder)
+    backbone = pomp.load_backbone(f"hf:{folder}")
+    assert backbone.image_spec.resize_mode == {"siglip": "squash", "clip": "shortest"}[processor]
+    image = _non_square_image()
+    theirs = transformers.AutoImageProcessor.from_pretrained(str(folder))(images=image, return_tensors="pt")
+    torch.testing.assert_close(backbone.eval_transform()(image), theirs["pixel_values"][0], atol=1e-5, rtol=0)
+
+
+def test_folders_pomp_cannot_use_are_refused_before_any_work(hf_dir, tmp_path):
+    no_tokenizer = tmp_path / "no-tokenizer"  # model and image processor saved, tokenizer forgotten
+    transformers.CLIPModel.from_pretrained(str(hf_dir)).save_pretrained(no_tokenizer)
+    transformers.CLIPImageProcessor.from_pretrained(str(hf_dir)).save_pretrained(no_tokenizer)
+    fallback = transformers.AutoTokenizer.from_pretrained(str(no_tokenizer))  # what transformers gives instead
+    assert set(fallback("a photo of a cat", add_special_tokens=False)["input_ids"]) == {fallback.unk_token_id}
+    with pytest.raises(ValueError, match="the tokenizer knows no words .* lacks the tokenizer files"):
+        pomp.load_backbone(f"hf:{no_tokenizer}")
+
+    wrong_size = _model_and_tokenizer_only(hf_dir, tmp_path / "wrong-size")
+    transformers.CLIPImageProcessor().save_pretrained(wrong_size)  # the 224 px defaults beside a 32 px tower
+    with pytest.raises(ValueError, match="makes 224 px inputs but the vision tower takes 32 px"):
+        pomp.load_backbone(f"hf:{wrong_size}")
+
+    variable = _model_and_tokenizer_only(hf_dir, tmp_path / "naflex")
+    transformers.Siglip2ImageProcessor().save_pretrained(variable)
+    with pytest.raises(ValueError, match="Siglip2ImageProcessor gives no fixed input size"):
+        pomp.load_backbone(f"hf:{variable}")
+
+    from safetensors.torch import load_file, save_file
+
+    partial = _model_and_tokenizer_only(hf_dir, tmp_path / "partial")
+    weights = load_file(partial / "model.safetensors")
+    del weights["text_projection.weight"]
+    save_file(weights, partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="1 weights of the CLIP model are missing .*text_projection.weight"):
+        pomp.load_backbone(f"hf:{partial}")
+
+
+def test_a_siglip_folder_is_one_line_not_a_load_report(hf_dir, tmp_path):
+    """transformers would print a multi-line LOAD REPORT and fail with its own advice; pomp says what it is."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "siglip"
+    config = transformers.SiglipConfig(
+        text_config=dict(hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=49408, bos_token_id=None, eos_token_id=None),
+        vision_config=dict(hidden_size=VISION_WIDTH, intermediate_size=2 * VISION_WIDTH, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8))
+    transformers.SiglipModel(config).save_pretrained(folder)
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pomp.cli", "embed", "--backbone", f"hf:{folder}", "--classes",
+                           str(vocab), "--out-dir", str(tmp_path / "e")], capture_output=True, text=True, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"pomp embed: error: hf:{folder}: a 'siglip' model, not CLIP; the hf: backbone reads transformers CLIPModel "
+        "folders (config model_type 'clip')"], proc.stderr
+
+
 def test_hf_backbones_are_in_the_help(capsys):
     from pomp.cli import main
 

@@ -20,9 +20,12 @@ MaPLe `trainers/maple.py`, POMP `trainers/pomp.py`, ZSSeg's prompt extractors, D
 from __future__ import annotations
 
 import json
+import tarfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -72,25 +75,26 @@ class CreatesFile:
 
 
 def train_one_step(model: nn.Module) -> torch.optim.Optimizer:
-    """Dassl's optimisation as the official POMP config sets it: SGD over the trainable parameters, warm-up
-    then cosine; one step taken so the optimizer holds momentum buffers."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=5e-4)
+    """Dassl's optimisation as the official POMP config sets it: SGD over every parameter of the registered
+    module (Dassl's `build_optimizer` passes `model.parameters()`, frozen ones included; they never get a
+    gradient), warm-up then cosine; one step taken so the optimizer holds momentum buffers."""
+    optim = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     sched = ConstantWarmupScheduler(optim, CosineAnnealingLR(optim, T_max=5), warmup_epoch=1, cons_lr=1e-5)
-    sum((p.float() ** 2).sum() for p in params).backward()
+    sum((p.float() ** 2).sum() for p in model.parameters() if p.requires_grad).backward()
     optim.step()
     sched.step()
     return optim, sched
 
 
-def dassl_save(model: nn.Module, path: Path, epoch: int = 5, **extra) -> Path:
-    """Dassl `TrainerX.save_model` -> `save_checkpoint`: this dict, `module.` stripped, `torch.save`d."""
+def dassl_save(model: nn.Module, path: Path, epoch: int = 5, legacy: bool = False, **extra) -> Path:
+    """Dassl `TrainerX.save_model` -> `save_checkpoint`: this dict, `module.` stripped, `torch.save`d
+    (`legacy`: in torch's pre-1.6 format, as Dassl wrote it on old torch versions)."""
     optim, sched = train_one_step(model)
     state = {"state_dict": OrderedDict((k.removeprefix("module."), v) for k, v in model.state_dict().items()),
              "epoch": epoch, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "val_result": None,
              **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -115,6 +119,17 @@ class CoOpPromptLearner(nn.Module):
         self.ctx = nn.Parameter(normal(n_cls, n_ctx, width) if class_specific else normal(n_ctx, width))
         self.register_buffer("token_prefix", normal(n_cls, 1, width))
         self.register_buffer("token_suffix", normal(n_cls, 77 - 1 - n_ctx, width))
+
+
+class KgCoOpPromptLearner(CoOpPromptLearner):
+    """KgCoOp's prompt learner (`trainers/kgcoop.py`): CoOp's shared context plus a `bias_vectors [1, dim]`
+    parameter its forward never uses; its trainer freezes every parameter whose name lacks "ctx"."""
+
+    def __init__(self, n_ctx=4, width=TEXT_WIDTH, n_cls=3):
+        super().__init__(n_ctx, width, n_cls)
+        self.bias_vectors = nn.Parameter(normal(1, width))
+        for name, p in self.named_parameters():
+            p.requires_grad_("ctx" in name)
 
 
 class CoCoOpPromptLearner(CoOpPromptLearner):
@@ -162,12 +177,16 @@ class ZSSegModel(nn.Module):
         self.sem_seg_head = nn.Linear(8, 4)
 
 
-def detectron2_save(model: nn.Module, path: Path, iteration: int = 9999) -> Path:
-    """detectron2's `Checkpointer.save`: model, optimizer and scheduler state dicts, iteration."""
+def detectron2_save(model: nn.Module, path: Path, iteration: int = 9999, **extra) -> Path:
+    """detectron2's `Checkpointer.save`: model, optimizer and scheduler state dicts, iteration (and `extra`
+    checkpointables)."""
     optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     sched = PolynomialLR(optim, total_iters=10)
+    sum((p.float() ** 2).sum() for p in model.parameters() if p.requires_grad).backward()
+    optim.step()
+    sched.step()
     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                "iteration": iteration}, path)
+                "iteration": iteration, **extra}, path)
     return path
 
 
@@ -216,6 +235,36 @@ def test_official_layout_with_payload_is_read_and_its_code_never_runs(tmp_path, 
     assert main(["convert", str(path), str(tmp_path / "imported.safetensors")]) == 0
     assert torch.equal(Prompt.load(tmp_path / "imported.safetensors").ctx, prompt.ctx)
     assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_official_layout_in_torchs_legacy_format_is_read_without_running_code(tmp_path, capsys):
+    """Dassl on torch < 1.6 (or `_use_new_zipfile_serialization=False`) writes a pickle stream, not a zip."""
+    learner = POMPPromptLearner()
+    marker = tmp_path / "marker"
+    path = dassl_save(learner, tmp_path / "model.pth.tar-5", legacy=True, payload=CreatesFile(marker),
+                      val_result=np.float64(25.3))  # a numpy scalar, as evaluators return them
+    assert not zipfile.is_zipfile(path)
+    proof = tmp_path / "proof.pth.tar"
+    proof.write_bytes(path.read_bytes())
+    torch.load(proof, weights_only=False)["payload"].close()  # an unsafe load runs the payload
+    assert marker.exists()
+    marker.unlink()
+
+    prompt = load_official(path)
+    assert torch.equal(prompt.ctx, learner.ctx.detach().float()) and prompt.meta["epoch"] == 5
+    tree = read_torch_file(path)
+    assert tree["scheduler"]["successor"].target == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    momentum = tree["optimizer"]["state"][0]["momentum_buffer"]  # storages shared and filled in after the tree
+    assert momentum.dtype == torch.float16 and momentum.shape == (4, 512)
+    assert torch.equal(tree["state_dict"]["train_token_suffix"], learner.train_token_suffix)
+    assert main(["info", str(path)]) == 0 and json.loads(capsys.readouterr().out)["epoch"] == 5
+    assert not marker.exists(), "the checkpoint's code ran"
+
+    raw = path.read_bytes()
+    for cut in (len(raw) // 10, len(raw) // 2, len(raw) - 3):  # in the pickles, in the tensor data, at the end
+        short = tmp_path / f"short{cut}.pth.tar"
+        short.write_bytes(raw[:cut])
+        one_line_error(capsys, main(["info", str(short)]), "info", str(short), "cut short")
 
 
 def test_official_layout_runs_through_eval(class_folders, tmp_path, capsys):
@@ -268,11 +317,41 @@ def test_coop_shared_context_is_accepted_with_its_buffers(tmp_path):
     assert prompt.meta["fixed_buffers_ignored"] == ["token_prefix", "token_suffix"]
 
 
+def test_kgcoop_unused_frozen_parameter_is_ignored_on_its_optimizers_evidence(tmp_path, capsys):
+    learner = KgCoOpPromptLearner()
+    path = dassl_save(learner, tmp_path / "prompt_learner" / "model.pth.tar-10", epoch=10)
+    assert torch.load(path, weights_only=False)["optimizer"]["state"].keys() == {0}  # only ctx was updated
+    prompt = load_any(path)
+    assert torch.equal(prompt.ctx, learner.ctx.detach().float()) and prompt.meta["epoch"] == 10
+    assert prompt.meta["untrained_ignored"] == ["bias_vectors"]
+    # without an optimizer state saying so, the same tensor is refused by name
+    no_evidence = dassl_save(KgCoOpPromptLearner(), tmp_path / "no_optimizer.pth.tar", optimizer=None)
+    one_line_error(capsys, main(["info", str(no_evidence)]), "info", "bias_vectors")
+    # the evidence only ever excuses tensors the optimizer left alone: a trained meta-net is still refused
+    with pytest.raises(ValueError, match="meta_net"):
+        load_any(dassl_save(CoCoOpPromptLearner(), tmp_path / "cocoop.pth.tar"))
+
+
 def test_zsseg_learnable_prompt_without_suffix_is_accepted(tmp_path):
     model = ZSSegModel(n_prefix=4, n_suffix=0)
-    prompt = load_zsseg(detectron2_save(model, tmp_path / "model_final.pth"))
+    marker = tmp_path / "marker"
+    prompt = load_zsseg(detectron2_save(model, tmp_path / "model_final.pth", payload=CreatesFile(marker)))
     assert torch.equal(prompt.ctx, model.clip_adapter.prompt_learner.prefix_prompt.detach())
     assert prompt.meta["imported_from"] == "zsseg"
+    assert not marker.exists(), "the checkpoint's code ran"
+
+
+@pytest.mark.parametrize("saved", ["parameter", "tensor", "class_specific"])
+def test_a_context_saved_alone_is_a_prompt(tmp_path, capsys, saved):
+    """`torch.save(model.prompt_learner.ctx, path)`: an nn.Parameter (or its data) and nothing else."""
+    learner = CoOpPromptLearner(n_ctx=4, class_specific=saved == "class_specific")
+    path = tmp_path / "ctx.pt"
+    torch.save(learner.ctx if saved != "tensor" else learner.ctx.data, path)
+    if saved == "class_specific":
+        one_line_error(capsys, main(["info", str(path)]), "info", str(path), "class-specific")
+        return
+    prompt = load_any(path)
+    assert torch.equal(prompt.ctx, learner.ctx.detach().float()) and prompt.meta["imported_from"] == "tensor"
 
 
 def test_files_that_are_not_checkpoints_get_one_line(tmp_path, capsys):
@@ -286,6 +365,27 @@ def test_files_that_are_not_checkpoints_get_one_line(tmp_path, capsys):
     no_ctx = tmp_path / "no_ctx.pth.tar"
     torch.save({"state_dict": {"weight": torch.zeros(2)}, "epoch": 1}, no_ctx)
     one_line_error(capsys, main(["info", str(no_ctx)]), "info", str(no_ctx), "no prompt context")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    one_line_error(capsys, main(["info", str(empty)]), "info", str(empty), "empty file")
+    packed = tmp_path / "prompt_learner.tar.gz"  # a release packed the usual way
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(tmp_path / "full.pth.tar", arcname="prompt_learner/model.pth.tar-5")
+    one_line_error(capsys, main(["info", str(packed)]), "info", str(packed), "gzip-compressed", "unpack it first")
+    weights = tmp_path / "ViT-B-16.pt"  # model weights handed over as a prompt: a TorchScript archive
+    torch.jit.save(torch.jit.trace(nn.Linear(4, 4), torch.zeros(1, 4)), weights)
+    one_line_error(capsys, main(["info", str(weights)]), "info", str(weights), "holds a pickled __torch__.",
+                   "--pretrained")
+    from safetensors.torch import save_file
+
+    state_dict = tmp_path / "open_clip_model.safetensors"
+    save_file({f"w{i:02d}": torch.zeros(1) for i in range(40)}, state_dict)
+    line = one_line_error(capsys, main(["info", str(state_dict)]), "info", "no 'ctx' tensor", "and 32 more")
+    assert "w39" not in line
+    run_dir = tmp_path / "output"  # a Dassl output folder handed over instead of its checkpoint
+    dassl_save(POMPPromptLearner(width=TEXT_WIDTH), run_dir / "prompt_learner" / "model.pth.tar-5")
+    one_line_error(capsys, main(["info", str(run_dir)]), "info", str(run_dir),
+                   str(run_dir / "prompt_learner" / "model.pth.tar-5"))
 
 
 # --- writing the official and ZSSeg formats ------------------------------------------------------

@@ -55,6 +55,72 @@ def test_windows_file_with_bom_and_crlf_reads_like_a_unix_one(tmp_path):
     assert read_class_list(vocab) == ["cat", "dog"]
 
 
+def test_windows_unicode_files_read_like_utf8_ones(tmp_path):
+    """Notepad's "Unicode" (UTF-16 LE) and "Unicode big endian" write a byte-order mark; so do UTF-32 tools."""
+    unix = tmp_path / "unix.txt"
+    unix.write_text(LEMMAS + "n01\tcafé\n", encoding="utf-8")
+    for codec in ("utf-16", "utf-16-be", "utf-32"):
+        path = tmp_path / f"{codec}.txt"
+        text = (LEMMAS + "n01\tcafé\n").replace("\n", "\r\n")
+        path.write_bytes(("\ufeff" + text).encode(codec) if codec.endswith("-be") else text.encode(codec))
+        assert path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+        assert read_names_file(path) == read_names_file(unix), codec
+        assert read_class_list(path) == ["tabby", "kit fox", "coffee mug", "café"]
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_naming_the_line(tmp_path, capsys):
+    path = tmp_path / "classes.txt"
+    path.write_bytes("cat\r\ndog\r\n".encode("utf-16-le"))  # cat\0\r\0... : valid UTF-8, NULs in every name
+    with pytest.raises(ValueError, match=f"^{path}:1: control character U\\+0000"):
+        read_class_list(path)
+    rc = main(["embed", "--backbone", "x", "--classes", str(path), "--out-dir", str(tmp_path / "e")])
+    one_line_error(capsys, rc, "embed", f"{path}:1", "save it as UTF-8")
+    assert not (tmp_path / "e").exists()
+
+
+def test_comments_are_comments_in_class_lists_too(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("# LVIS-style vocabulary, line order = class id\ncat\n  # not a class\ndog\n# end\n", encoding="utf-8")
+    assert read_class_list(path) == ["cat", "dog"]
+    names = tmp_path / "names.txt"
+    names.write_text("# folder, name\nn01\tcat\n# n02\tdog\nn03\tbird\n", encoding="utf-8")
+    assert read_names_file(names) == {"n01": "cat", "n03": "bird"} and read_class_list(names) == ["cat", "bird"]
+    only = tmp_path / "only.txt"
+    only.write_text("# nothing yet\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="class list is empty"):
+        read_class_list(only)
+
+
+def test_quoted_names_lose_their_quotes(tmp_path):
+    """A spreadsheet saved as CSV quotes every field holding a comma; Python-style lists quote each lemma."""
+    path = tmp_path / "classes.txt"
+    path.write_text('"tabby, tabby cat"\n\'kit fox\', \'Vulpes macrotis\'\n"coffee mug"\nhot dog\n', encoding="utf-8")
+    assert read_class_list(path) == ["tabby", "kit fox", "coffee mug", "hot dog"]
+    names = tmp_path / "names.txt"
+    names.write_text('n02123045\t"tabby, tabby cat"\n', encoding="utf-8")
+    assert read_names_file(names) == {"n02123045": "tabby"}
+
+
+def test_imagenet_synset_mapping_is_a_names_file_everywhere(tmp_path):
+    """ImageNet's LOC_synset_mapping.txt: "<wnid> <lemma list>", space-separated: a names file for --names,
+    and so its names (not "n01440764 tench") for --classes too."""
+    path = tmp_path / "LOC_synset_mapping.txt"
+    path.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+                    "n01484850 great white shark, white shark, man-eater\n", encoding="utf-8")
+    assert read_names_file(path) == {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+    assert read_class_list(path) == ["tench", "goldfish", "great white shark"]
+    multiword = tmp_path / "coco.txt"  # names of several words stay class names
+    multiword.write_text("traffic light\nfire hydrant\n", encoding="utf-8")
+    assert read_class_list(multiword) == ["traffic light", "fire hydrant"]
+
+
+def test_a_class_list_with_some_tabbed_lines_is_refused(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("n01\tcat\nn02 dog\nn03\tbird\n", encoding="utf-8")  # a names file with one line retyped
+    with pytest.raises(ValueError, match=f"^{path}:1: a tab in a class list \\(line 2 has none\\)"):
+        read_class_list(path)
+
+
 def test_unicode_is_nfc_in_names_and_keys(tmp_path):
     decomposed = unicodedata.normalize("NFD", "café")
     assert decomposed != "café"

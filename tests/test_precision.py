@@ -54,3 +54,25 @@ def test_low_precision_features_match_fp32(family, device, hf_dir):  # noqa: F81
             error = float((got[path] - ref).norm() / ref.norm())
             cosine = float(F.cosine_similarity(got[path], ref, dim=-1).min())
             assert error <= max_error and cosine >= min_cosine, (precision, path, error, cosine)
+
+
+def test_eval_takes_precision_like_every_command_that_encodes_images(class_folders, tmp_path, monkeypatch):
+    """`pomp eval` ran the image tower under bf16 autocast on CUDA with no way to ask for another precision."""
+    import json
+
+    import pomp.features
+    from pomp.cli import build_parser, main
+
+    assert build_parser().parse_args(["eval", "--backbone", "x", "--data", "d"]).precision == "bf16"  # as pretrain
+    requested = []
+    original = pomp.features.autocast_for
+    monkeypatch.setattr(pomp.features, "autocast_for", lambda device, precision="bf16": (
+        requested.append(precision), original(device, precision))[1])
+    cache = tmp_path / "cache"
+    assert main(["eval", "--backbone", TINY, "--baseline", "single", "--data", str(class_folders / "images"),
+                 "--out-dir", str(tmp_path / "eval"), "--feature-cache", str(cache), "--precision", "fp16",
+                 "--num-workers", "0", "--device", "cpu"]) == 0
+    assert requested and set(requested) == {"fp16"}
+    (meta_file,) = (cache / "images").glob("*/meta.json")  # one keyed entry
+    meta = json.loads(meta_file.read_text())
+    assert meta["key"]["precision"] == "fp32"  # what the CPU really ran, so a CUDA run never reuses it as fp16

@@ -14,6 +14,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -128,9 +131,116 @@ def test_plain_state_dict_says_which_activation_it_assumes(openai_release, tiny_
     assert notes == [f"{state_dict}: a state dict does not record its activation; assuming GELU as {TINY} says "
                      f'(for the other set "quick_gelu": true in {TINY})']
     assert gelu.describe()["activation"] == "gelu" and gelu.describe()["weights"]["format"] == "state_dict"
-    with pytest.warns(UserWarning, match="assuming QuickGELU"):
+    # a config that sets quick_gelu itself (like open_clip's `-quickgelu` names) is the user's explicit choice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         quick = pomp.load_backbone(tiny_quickgelu, pretrained=str(state_dict))
+    assert not [w for w in caught if "activation" in str(w.message)]
     assert quick.describe()["activation"] == "quick_gelu"
+    assert all(open_clip.get_model_config(name)["quick_gelu"] is True
+               for name in open_clip.list_models() if name.endswith("-quickgelu"))
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m pomp.cli ARGS` in a fresh process: what a user's terminal shows, logging included."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pomp.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+
+
+def test_local_weights_print_no_false_log_lines(openai_release, tiny_quickgelu, tmp_path):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" when pomp loads the file itself."""
+    _, state_dict = openai_release
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\n")
+    proc = _run_cli("embed", "--backbone", TINY, "--pretrained", str(state_dict), "--classes", str(vocab),
+                    "--out-dir", str(tmp_path / "gelu"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pomp embed: warning: ") and "assuming GELU" in lines[0], lines
+    proc = _run_cli("embed", "--backbone", tiny_quickgelu, "--pretrained", str(state_dict), "--classes", str(vocab),
+                    "--out-dir", str(tmp_path / "quick"))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_tag_that_cannot_be_downloaded_is_one_line_of_ours(tmp_path):
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\n")
+    proc = _run_cli("embed", "--backbone", "ViT-B-16", "--pretrained", "openai", "--classes", str(vocab),
+                    "--out-dir", str(tmp_path / "e"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pomp embed: error: ViT-B-16 pretrained='openai': weights could not be downloaded "
+                               "(HF_HUB_OFFLINE is set"), lines[0]
+    assert "--pretrained /path/to/weights" in lines[0] and "Internet connection" not in lines[0]
+
+
+def test_open_clip_training_checkpoint_and_safetensors_load_as_open_clip_loads_them(tmp_path):
+    """open_clip's `train.py` saves `{"epoch", "name", "state_dict" ('module.' keys under DDP), "optimizer",
+    "scaler"}` as `epoch_N.pt`; `open_clip.create_model(pretrained=...)` strips the prefix. Same for safetensors."""
+    from safetensors.torch import save_file
+
+    open_clip.add_model_config(TINY)
+    torch.manual_seed(5)
+    model = open_clip.create_model("tiny-clip")
+    wrapped = torch.nn.DataParallel(model)  # the 'module.' prefix DDP/DataParallel put on every key
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
+    sum((p ** 2).sum() for p in wrapped.parameters()).backward()
+    optimizer.step()
+    checkpoint = {"epoch": 32, "name": "run", "state_dict": wrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scaler": torch.amp.GradScaler("cpu").state_dict()}
+    assert next(iter(checkpoint["state_dict"])).startswith("module.")
+    torch.save(checkpoint, tmp_path / "epoch_32.pt")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "open_clip_model.safetensors")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name in ("epoch_32.pt", "open_clip_model.safetensors"):
+        path = str(tmp_path / name)
+        with pytest.warns(UserWarning, match="assuming GELU"):
+            backbone = pomp.load_backbone(TINY, pretrained=path)
+        theirs = open_clip.create_model("tiny-clip", pretrained=path, weights_only=True).eval()
+        for a, b in zip(features(backbone, pixels), features(theirs, pixels)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # the same weights; two text kernel paths round apart
+        assert backbone.describe()["weights"]["file"] == name
+
+
+def test_torchscript_release_of_a_modified_resnet(tmp_path):
+    """OpenAI's RN50-style release: a ModifiedResNet image tower (BatchNorm statistics stay fp32 in their fp16
+    archive), traced and saved like the ViT one; its architecture is read off the config, QuickGELU off the format."""
+    cfg = json.loads(Path(TINY).read_text())
+    rn = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+          "text_cfg": cfg["text_cfg"]}
+    (tmp_path / "tiny-rn.json").write_text(json.dumps(rn))
+    (tmp_path / "tiny-rn-quickgelu.json").write_text(json.dumps({**rn, "quick_gelu": True}))
+    open_clip.add_model_config(tmp_path / "tiny-rn-quickgelu.json")
+    torch.manual_seed(3)
+    model = open_clip.model.CLIP(rn["embed_dim"], rn["vision_cfg"], rn["text_cfg"], quick_gelu=True).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    open_clip.model.convert_weights_to_lp(model, torch.float16)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert weights["visual.bn1.running_var"].dtype == torch.float32 and weights["visual.conv1.weight"].dtype == torch.float16
+    model.register_buffer("input_resolution", torch.tensor(64))
+    for name, value in (("context_length", 77), ("vocab_size", 49408)):
+        delattr(model, name)
+        model.register_buffer(name, torch.tensor(value))
+    tokens = open_clip.get_tokenizer("ViT-B-16")(["a photo", "a dog"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(model, {"encode_image": (torch.zeros(2, 3, 64, 64, dtype=torch.float16),),
+                                                "encode_text": (tokens,)}, check_trace=False)
+        torch.jit.save(traced, tmp_path / "RN-tiny.pt")
+    torch.save(weights, tmp_path / "rn.pt")
+    backbone = pomp.load_backbone(str(tmp_path / "tiny-rn.json"), pretrained=str(tmp_path / "RN-tiny.pt"))
+    assert backbone.describe()["activation"] == "quick_gelu" and backbone.describe()["architecture"] == "tiny-rn"
+    theirs = open_clip.create_model("tiny-rn-quickgelu", pretrained=str(tmp_path / "rn.pt"), weights_only=True).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(features(backbone, pixels), features(theirs, pixels)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths
 
 
 def test_activation_hints_name_the_twin_model():
@@ -164,6 +274,24 @@ def test_tag_config_activation_is_honoured(openai_release, tiny_quickgelu, monke
     for a, b in zip(features(backbone, pixels), features(honoured, pixels)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths; GELU vs QuickGELU differ by > 1e-3
     assert (features(plain.eval(), pixels)[0] - features(honoured, pixels)[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("resize_mode", ["squash", "longest", "shortest"])
+def test_tag_preprocessing_is_honoured(openai_release, monkeypatch, resize_mode):
+    """DFN5B, CLIPA and SigLIP tags resize by squashing (no crop): the test transform is open_clip's own."""
+    import numpy as np
+    from PIL import Image
+
+    _, state_dict = openai_release
+    open_clip.add_model_config(TINY)
+    _register_tag(monkeypatch, "tag", file=str(state_dict), resize_mode=resize_mode, interpolation="bilinear",
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    backbone = pomp.load_backbone(TINY, pretrained="tag")
+    assert backbone.image_spec.resize_mode == resize_mode
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained="tag")
+    y, x = np.mgrid[0:40, 0:90]
+    image = Image.fromarray(np.stack([x * 2.8, y * 6.3, (x + y) * 1.9], -1).astype(np.uint8))
+    torch.testing.assert_close(backbone.eval_transform()(image), preprocess(image), atol=1e-5, rtol=0)
 
 
 def test_local_copy_of_a_release_is_recognised_by_its_checksum(openai_release, monkeypatch):

@@ -21,14 +21,27 @@ import torch
 from torch import nn
 
 
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
 @dataclass(frozen=True)
 class ImageSpec:
-    """Preprocessing the image tower expects."""
+    """Preprocessing the image tower expects.
+
+    `resize_mode` (open_clip's names) says how a test image becomes `size x size`: `shortest` resizes the
+    short side and center-crops (CLIP); `squash` resizes both sides, aspect ratio lost, no crop (SigLIP,
+    DFN, CLIPA); `longest` resizes the long side and pads to the square with zeros.
+    """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize_mode!r} (one of {', '.join(RESIZE_MODES)})")
 
 
 # Placeholder words tried in order: the first the tokenizer maps to exactly one token per word

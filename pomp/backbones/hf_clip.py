@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -200,19 +201,23 @@ class HFCLIPBackbone(Backbone):
 
     @property
     def image_spec(self) -> ImageSpec:
-        """From the preprocessor config: crop size (the tower's input), mean/std, resample.
+        """From the image processor's settings: crop size (the tower's input), resize mode, mean/std, resample.
 
-        `ImageSpec` holds one size; the eval transform resizes the short side to it and
-        crops it. Processors that resize to a larger short side than they crop (e.g. 256 -> 224)
-        are therefore approximated by resizing straight to the crop size.
+        A processor that resizes the short side (`size: {"shortest_edge"}`, CLIP) gives `shortest`; one
+        that resizes to `{"height", "width"}` without cropping (SigLIP's) gives `squash`. `ImageSpec`
+        holds one size: a processor that resizes to a larger short side than it crops (e.g. 256 -> 224)
+        is approximated by resizing straight to the crop size.
         """
         cfg = self.processor_config
         image_size = int(self.model.config.vision_config.image_size)
-        crop = cfg.get("crop_size") if cfg.get("do_center_crop", True) else None
-        size = _edge(crop, _edge(cfg.get("size"), image_size))
+        resize = cfg.get("size")
+        crop = cfg.get("crop_size") if cfg.get("do_center_crop") else None
+        size = _edge(crop, _edge(resize, image_size))
+        squash = isinstance(resize, dict) and "shortest_edge" not in resize and crop is None
         mean = tuple(float(v) for v in cfg.get("image_mean", _OPENAI_MEAN))
         std = tuple(float(v) for v in cfg.get("image_std", _OPENAI_STD))
-        return ImageSpec(size=size, mean=mean, std=std, interpolation=_interpolation_name(cfg.get("resample")))
+        return ImageSpec(size=size, mean=mean, std=std, interpolation=_interpolation_name(cfg.get("resample")),
+                         resize_mode="squash" if squash else "shortest")
 
 
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers 4 / 5 image settings
@@ -220,21 +225,27 @@ IMAGE_SETTINGS = ("size", "crop_size", "do_center_crop", "image_mean", "image_st
 
 
 def _processor_config(source: str) -> dict:
-    """The image settings of a folder or hub repo, read by transformers' own `CLIPImageProcessor.from_pretrained`.
+    """The image settings of a folder or hub repo, read by transformers' own `AutoImageProcessor.from_pretrained`.
 
-    It finds them wherever transformers wrote them: `preprocessor_config.json` (an image processor's
-    `save_pretrained`, transformers 4) or `processor_config.json` with an `image_processor` entry
-    (`CLIPProcessor.save_pretrained` in transformers 5). Returns the JSON-like settings (size,
-    crop_size, do_center_crop, image_mean, image_std, resample); {} with one warning when there are
-    none (CLIP's defaults are then used).
+    It finds them wherever transformers wrote them (`preprocessor_config.json` from an image processor's
+    `save_pretrained`, `processor_config.json` with an `image_processor` entry from transformers 5's
+    `CLIPProcessor.save_pretrained`) and builds the processor class the file names, with that class's
+    defaults for what the file leaves out (a SigLIP processor has no center crop; CLIP's has). Returns
+    the settings (size, crop_size, do_center_crop, image_mean, image_std, resample); {} with one warning
+    when there are none (CLIP's defaults are then used).
+
+    Raises:
+        ValueError: a damaged settings file, or a processor without a fixed input size (SigLIP2's
+            variable-resolution patches).
     """
-    from transformers import CLIPImageProcessor
+    from transformers import AutoImageProcessor
 
     folder = Path(source)
     present = folder.is_dir() and any((folder / f).is_file() for f in PROCESSOR_FILES)
     try:
-        processor = CLIPImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:
+        with _quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
         if present:  # a damaged file is an error; a missing one means CLIP's defaults
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ValueError(f"{source}: unreadable image processor settings ({reason})") from None
@@ -242,7 +253,38 @@ def _processor_config(source: str) -> dict:
                       "default size, mean and std", stacklevel=3)
         return {}
     settings = processor.to_dict()
+    if not settings.get("size") and not (settings.get("do_center_crop") and settings.get("crop_size")):
+        raise ValueError(f"{source}: {type(processor).__name__} gives no fixed input size (variable-resolution "
+                         "inputs); pomp needs a processor that resizes to one size")
     return {k: settings[k] for k in IMAGE_SETTINGS if settings.get(k) is not None}
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' loading chatter (progress bars, load reports) off: pomp reports what matters in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_tokenizer(label: str, tokenizer, vocab_size: int) -> None:
+    """Refuse a tokenizer that cannot serve the model: one without a vocabulary (transformers builds a
+    CLIPTokenizer of its special tokens alone when a folder lacks the tokenizer files, and every word
+    becomes the unknown token) or with more tokens than the model embeds."""
+    words = tokenizer("a photo of a cat", add_special_tokens=False)["input_ids"]
+    if not words or all(t == tokenizer.unk_token_id for t in words):
+        raise ValueError(f"{label}: the tokenizer knows no words ({len(tokenizer)} tokens): the folder lacks the "
+                         "tokenizer files (vocab.json and merges.txt, or tokenizer.json); save the tokenizer too")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"{label}: the tokenizer has {len(tokenizer)} tokens, the model embeds {vocab_size}")
 
 
 def _weights_identity(source: str, model) -> dict:
@@ -290,19 +332,34 @@ def load_hf_clip(
     else:
         source_path = source
     try:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoConfig, AutoTokenizer, CLIPModel
     except ImportError as err:  # pragma: no cover - transformers is a dependency of pomp
         raise ImportError(f"{name}: hf: backbones need the transformers package, which failed to import ({err})") from None
+    label = name if name.startswith(PREFIX) else PREFIX + name
     try:
-        model = CLIPModel.from_pretrained(source_path)
-        tokenizer = AutoTokenizer.from_pretrained(source_path)
+        with _quiet_transformers():
+            model_type = getattr(AutoConfig.from_pretrained(source_path), "model_type", None)
+            if model_type != "clip":
+                raise ValueError(f"{label}: a {model_type!r} model, not CLIP; the hf: backbone reads transformers "
+                                 "CLIPModel folders (config model_type 'clip')")
+            model, loading = CLIPModel.from_pretrained(source_path, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(source_path)
     except OSError as err:
-        raise OSError(f"{name}: could not load a CLIP model and tokenizer ({err})") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OSError(f"{label}: could not load a CLIP model and tokenizer ({reason})") from None
+    absent = sorted(loading.get("missing_keys", ())) + sorted(k for k, *_ in loading.get("mismatched_keys", ()))
+    if absent:
+        raise ValueError(f"{label}: {len(absent)} weights of the CLIP model are missing from the folder or have "
+                         f"another shape (e.g. {absent[0]}); they would be random")
+    _check_tokenizer(label, tokenizer, int(model.config.text_config.vocab_size))
     model = model.to(device=device, dtype=_DTYPES[precision])
     backbone = HFCLIPBackbone(
-        model, tokenizer, name=name if name.startswith(PREFIX) else PREFIX + name,
-        pretrained=source, processor_config=_processor_config(source_path),
+        model, tokenizer, name=label, pretrained=source, processor_config=_processor_config(source_path),
     )
+    tower_size = int(model.config.vision_config.image_size)
+    if backbone.image_spec.size != tower_size:  # the vision embeddings refuse any other size at the first image
+        raise ValueError(f"{label}: the image processor makes {backbone.image_spec.size} px inputs but the vision "
+                         f"tower takes {tower_size} px (vision_config.image_size)")
     text_config = model.config.text_config
     backbone.identity = {
         "architecture": f"hf:{getattr(model.config, 'model_type', 'clip')}",

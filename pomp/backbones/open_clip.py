@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 import re
@@ -368,6 +369,7 @@ class OpenCLIPBackbone(Backbone):
             mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
             std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
             interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode") or "shortest",  # e.g. "squash" for DFN / SigLIP / CLIPA tags
         )
 
     def describe(self) -> dict:
@@ -678,7 +680,8 @@ class _WeightsPlan:
 
 def _plan_weights(name_or_config: str, model_name: str, pretrained: str | None) -> _WeightsPlan:
     """Resolve the activation weights need (see `load_open_clip`) and the weights' identity."""
-    quick_gelu = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    config = open_clip.get_model_config(model_name) or {}
+    quick_gelu = bool(config.get("quick_gelu", False))
     if pretrained is None:
         return _WeightsPlan(quick_gelu, {"random_init_seed": 0})
     if not Path(pretrained).is_file():
@@ -699,10 +702,30 @@ def _plan_weights(name_or_config: str, model_name: str, pretrained: str | None) 
         return _WeightsPlan(bool(tag_cfg.get("quick_gelu", False)), weights, tag_cfg, torchscript)
     if torchscript:  # OpenAI's CLIP, the only TorchScript release, was trained with QuickGELU
         return _WeightsPlan(True, weights, torchscript=True)
+    if "quick_gelu" in config:  # chosen explicitly (a `-quickgelu` name, or the key in the user's config)
+        return _WeightsPlan(quick_gelu, weights)
     notice = (f"{pretrained}: a state dict does not record its activation; assuming "
               f"{'QuickGELU' if quick_gelu else 'GELU'} as {name_or_config} says "
               f"({_other_activation_hint(name_or_config, model_name, quick_gelu)})")
     return _WeightsPlan(quick_gelu, weights, notice=notice)
+
+
+# open_clip log lines pomp replaces: the first is false when pomp loads the file itself, the second
+# precedes the error pomp reports in its own words.
+_OPEN_CLIP_LOGS_REPLACED = ("No pretrained weights loaded", "Failed to download weights")
+
+
+def _drop_replaced_logs(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_OPEN_CLIP_LOGS_REPLACED)
+
+
+def _download_error(name_or_config: str, pretrained: str, err: Exception) -> OSError:
+    """One line of ours for a tag whose weights could not be fetched (not the hub client's advice)."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    reason = ("HF_HUB_OFFLINE is set and they are not in the local cache" if offline
+              else f"no network, or the download failed: {type(err.__context__ or err).__name__}")
+    return OSError(f"{name_or_config} pretrained={pretrained!r}: weights could not be downloaded ({reason}); "
+                   "where there is no network, pass the downloaded file: --pretrained /path/to/weights")
 
 
 def _built_activation(model: torch.nn.Module) -> str:
@@ -724,8 +747,9 @@ def load_open_clip(
     - a TorchScript archive (OpenAI's original `.pt` files): QuickGELU, as open_clip's OpenAI loader
       does; its tensors are read without running its code (`pomp.torchfile`);
     - a local file whose sha256 matches a release's published checksum: that release's config;
-    - any other local state dict: the model config's, with one warning saying which was assumed and
-      how to choose the other (e.g. `ViT-B-16-quickgelu`);
+    - any other local state dict: the model config's; one warning says which was assumed and how to
+      choose the other (e.g. `ViT-B-16-quickgelu`), unless the config sets `quick_gelu` explicitly
+      (`-quickgelu` names, or the key in a model-config JSON): then the choice is the user's;
     - `hf-hub:` / `local-dir:` names: the config stored with the weights (open_clip's).
     The result is recorded in `identity` (architecture, activation, weights: tag or file + sha256).
 
@@ -757,12 +781,21 @@ def load_open_clip(
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
-        torch.manual_seed(0)
-        model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
-            model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
-            weights_only=True, **overrides))
+    root_logger = logging.getLogger()
+    root_logger.addFilter(_drop_replaced_logs)
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
+            torch.manual_seed(0)
+            model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
+                model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
+                weights_only=True, **overrides))
+    except RuntimeError as err:
+        if str(err).startswith("Failed to download weights"):
+            raise _download_error(name_or_config, pretrained, err) from None
+        raise
+    finally:
+        root_logger.removeFilter(_drop_replaced_logs)
     if from_file and plan.torchscript:
         _load_torchscript_weights(model, pretrained, name_or_config)
     elif from_file:

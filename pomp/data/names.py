@@ -2,12 +2,17 @@
 
 Every command reads names through here (pretrain, eval, embed, segment, detect, data split /
 shard, features, benchmark), so a file means the same everywhere:
-- UTF-8, a leading BOM dropped; line ends `\\n`, `\\r\\n` or `\\r`;
+- UTF-8; a byte-order mark says otherwise (Windows Notepad's "Unicode" is UTF-16 with a BOM) and is
+  dropped; control characters (a NUL from UTF-16 saved without a BOM) are an error naming the line;
+  line ends `\\n`, `\\r\\n` or `\\r`;
+- lines starting with `#` are comments, in names files and class lists alike;
+- a name wrapped in quotes, whole or lemma by lemma (`"tabby, tabby cat"`, as CSV tools write a
+  field holding a comma), loses them;
 - Unicode normalised to NFC (names and folder keys), so "café" typed two ways is one class;
 - a WordNet lemma list ("tabby, tabby cat") gives its first lemma ("tabby"), as POMP trains with;
 - underscores become spaces, runs of whitespace one space (`clean_classname`);
-- in a class list line i is class i, so a blank line before the last name is an error naming the
-  file and line (every later class id would shift); trailing blank lines are fine;
+- in a class list the i-th name line is class i, so a blank line before the last name is an error
+  naming the file and line (every later class id would shift); trailing blank lines are fine;
 - class names whose prompt texts coincide (equal once cleaned, compared case-insensitively as
   CLIP's lower-casing tokenizer sees them) are listed in one warning: such classes cannot be told
   apart by any prompt (the ImageNet-21K-P list itself has such names, so it is not an error).
@@ -15,6 +20,7 @@ shard, features, benchmark), so a file means the same everywhere:
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import warnings
 from pathlib import Path
@@ -29,8 +35,20 @@ def clean_classname(name: str) -> str:
 
 
 def first_lemma(name: str) -> str:
-    """The first entry of a WordNet lemma list: "tabby, tabby cat" -> "tabby"."""
-    return name.split(",")[0]
+    """The first entry of a WordNet lemma list: "tabby, tabby cat" -> "tabby". Quotes that open and close
+    the whole text, around the list or around each entry, are dropped: '"tabby, tabby cat"' and
+    "'tabby', 'tabby cat'" give "tabby" too (an apostrophe inside a name stays)."""
+    text = name.strip()
+    quote = text[0] if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else ""
+    first = text.split(",")[0].strip()
+    if quote:
+        first = first.removeprefix(quote).removesuffix(quote)
+    return first
+
+
+# Byte-order marks, longest first (UTF-32's little-endian mark begins with UTF-16's).
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 def read_text_lines(path: str | Path, what: str) -> list[str]:
@@ -39,16 +57,29 @@ def read_text_lines(path: str | Path, what: str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: {what} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raw = path.read_bytes()
     except OSError as err:
         raise ValueError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    encoding = next((codec for bom, codec in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        label = "UTF-8" if encoding == "utf-8" else f"{encoding.upper()} (as its byte-order mark says)"
+        raise ValueError(f"{path}: {what} is not {label} text (byte {err.start}: {err.reason})") from None
+    text = unicodedata.normalize("NFC", text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
+    for number, line in enumerate(lines, start=1):
+        bad = next((ch for ch in line if ch != "\t" and unicodedata.category(ch) == "Cc"), None)
+        if bad is not None:
+            raise ValueError(f"{path}:{number}: control character U+{ord(bad):04X} in the {what} (UTF-16 saved "
+                             "without a byte-order mark reads like this); save it as UTF-8")
     return lines
+
+
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
 
 
 def _check_no_gaps(path: Path, lines: Sequence[str], what: str) -> None:
@@ -95,7 +126,7 @@ def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, s
     _check_no_gaps(path, lines, "names file")
     mapping: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
-        if line.lstrip().startswith("#"):
+        if _is_comment(line):
             continue
         key, name = _parse_names_line(path, number, line)
         name = clean_classname(first_lemma(name) if first_synonym else name)
@@ -110,20 +141,33 @@ def read_names_file(path: str | Path, first_synonym: bool = True) -> dict[str, s
     return mapping
 
 
-def read_class_list(path: str | Path) -> list[str]:
-    """A vocabulary file, line i = class i: one class name per line, or a names file (its names, in order).
+# A WordNet id, then the name: ImageNet's `LOC_synset_mapping.txt` ("n01440764 tench, Tinca tinca").
+_WNID_LINE = re.compile(r"n\d{8}\s+\S")
 
-    First lemma of lemma lists, cleaned like prompt texts. Raises as `read_names_file` does.
+
+def read_class_list(path: str | Path) -> list[str]:
+    """A vocabulary file, class i = the i-th name line (comments skipped): one class name per line, or a
+    names file (its names, in order): every line `folder<TAB>name`, or every line a WordNet id and the
+    name as in ImageNet's `LOC_synset_mapping.txt`.
+
+    First lemma of lemma lists, cleaned like prompt texts. Raises as `read_names_file` does, and for a
+    file where some name lines hold a tab and others do not (neither format).
     """
     path = Path(path)
     lines = read_text_lines(path, "class list")
-    if not lines:
-        raise ValueError(f"{path}: class list is empty")
     _check_no_gaps(path, lines, "class list")
-    if all("\t" in line for line in lines):
+    entries = [(number, line) for number, line in enumerate(lines, start=1) if not _is_comment(line)]
+    if not entries:
+        raise ValueError(f"{path}: class list is empty")
+    tabbed = [number for number, line in entries if "\t" in line]
+    if len(tabbed) == len(entries) or all(_WNID_LINE.match(line) for _, line in entries):
         return list(read_names_file(path).values())
+    if tabbed:
+        plain = next(number for number, line in entries if "\t" not in line)
+        raise ValueError(f"{path}:{tabbed[0]}: a tab in a class list (line {plain} has none): a names file needs "
+                         "'folder<TAB>name' on every line, a class list one name per line without tabs")
     names = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in entries:
         name = clean_classname(first_lemma(line))
         if not name:
             raise ValueError(f"{path}:{number}: the line {line!r} holds no class name")

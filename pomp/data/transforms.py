@@ -2,7 +2,7 @@
 
 Training (method.md §4): random resized crop (scale 0.08-1, bicubic), horizontal flip,
 RandAugment with 2 ops each applied with p = 0.6 at a random magnitude, then the model's
-mean/std. Test: resize the short side, center crop.
+mean/std. Test: resize the short side and center crop (or the model's own resize mode).
 """
 
 from __future__ import annotations
@@ -33,11 +33,16 @@ def _to_normalized_tensor(spec: ImageSpec) -> list:
 
 
 def eval_transform(spec: ImageSpec) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side to the input size, center crop, normalise."""
-    return T.Compose(
-        [T.Resize(spec.size, interpolation=_interpolation(spec), antialias=True), T.CenterCrop(spec.size)]
-        + _to_normalized_tensor(spec)
-    )
+    """To `size x size` as `spec.resize_mode` says (short side + center crop; both sides; long side + zero
+    padding, as open_clip's test transforms do), then normalise."""
+    mode = _interpolation(spec)
+    if spec.resize_mode == "squash":
+        resize = [T.Resize((spec.size, spec.size), interpolation=mode, antialias=True)]
+    elif spec.resize_mode == "longest":
+        resize = [T.Resize(None, max_size=spec.size, interpolation=mode, antialias=True), T.CenterCrop(spec.size)]
+    else:
+        resize = [T.Resize(spec.size, interpolation=mode, antialias=True), T.CenterCrop(spec.size)]
+    return T.Compose(resize + _to_normalized_tensor(spec))
 
 
 def _uniform() -> float:
