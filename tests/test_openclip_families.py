@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import pomp
 from pomp.backbones.zoo import build_shrunk, stand_in_tokenizer
 from pomp.prompt import Prompt
+from conftest import TINY_CONFIG
 
 ATOL = 1e-5
 CLASSES = ["cat", "golden retriever", "hot_air balloon", "x ray", "a very long class name with many words"]
@@ -398,3 +399,65 @@ def test_template_baselines_report_truncation(backbone):
     with pytest.raises(ValueError, match=r"in template '.*\{\}.*'"):
         # 70 words fit "a photo of a {}." exactly (77 tokens); longer templates cut them
         build_classifier(backbone, ["cat", " ".join(["a"] * 70)], baseline="ensemble", source="vocab.txt")
+
+
+# --- precision: open_clip's fp16/bf16 casts on every family ------------------------------------
+# (relative L2 error, minimum cosine per feature); looser in error than tests/test_precision.py: the shrunk
+# random timm towers give image features of ~1e-4, where fp16 has few significant bits left
+LOW_PRECISION_TOLERANCE = {"fp16": (0.05, 0.999), "bf16": (0.1, 0.99)}
+
+
+def assert_close_in_precision(got: torch.Tensor, reference: torch.Tensor, precision: str, what: str):
+    max_error, min_cosine = LOW_PRECISION_TOLERANCE[precision]
+    got, reference = got.float().flatten(1), reference.float().flatten(1)
+    error = float((got - reference).norm() / reference.norm())
+    cosine = float(F.cosine_similarity(got, reference, dim=-1).min())
+    assert error <= max_error and cosine >= min_cosine, (what, precision, error, cosine)
+
+
+# one family per route of open_clip's cast: timm towers (cast whole), Hugging Face text towers and CoCa
+# (cast in part); open_clip's own ViT is in tests/test_precision.py
+LOW_PRECISION_FAMILIES = ["timm-convnext", "siglip (t5, pad = eos, last-token pooling)", "hf-roberta", "hf-mt5",
+                          "hf-nllb (language code first)", "coca", "coca-roberta"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("name,has_dense", [FAMILIES[f] for f in LOW_PRECISION_FAMILIES], ids=LOW_PRECISION_FAMILIES)
+def test_family_in_low_precision(name, has_dense, precision, zoo_dir):
+    """open_clip's mixed cast (`precision="fp16"/"bf16"`) leaves some weights fp32 (Hugging Face embeddings
+    and norms, CoCa's pooler queries...): every encode path still runs, within tolerance of the fp32 model's
+    own `encode_text` / `encode_image` (same weights, cast after initialisation)."""
+    reference_model, tokenizer, reference = family(name, zoo_dir)
+    model, _ = build_shrunk(name, zoo_dir, precision=precision)
+    backbone = pomp.load_backbone(model, tokenizer=tokenizer)
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, CLASSES[:3])
+    texts = [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES[:3]]
+    assert_close_in_precision(ours, own_text_features(reference_model, tokenizer, texts), precision, "prompt")
+
+    random_prompt = Prompt.init(backbone, n_ctx=4, seed=1)
+    features = random_prompt.encode_class_features(backbone, CLASSES[:2])
+    (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
+    assert random_prompt.ctx.grad is not None and bool(torch.isfinite(random_prompt.ctx.grad).all())
+
+    size = backbone.image_spec.size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        image = backbone.encode_images(pixels)
+        assert_close_in_precision(image, reference_model.encode_image(pixels, normalize=False), precision, "images")
+        if has_dense:
+            dense = backbone.encode_dense_features(pixels)
+            assert_close_in_precision(dense.transpose(0, 1), reference.encode_dense_features(pixels).transpose(0, 1),
+                                      precision, "dense")
+
+
+def test_a_model_open_clips_mixed_cast_cannot_build_is_refused_at_load(tmp_path):
+    """open_clip's fp16/bf16 cast stops on a text projection that is a Linear layer (`proj_bias`): one line, at load."""
+    config = json.loads(open(TINY_CONFIG).read())
+    config["text_cfg"]["proj_bias"] = True
+    path = tmp_path / "linear-projection.json"
+    path.write_text(json.dumps(config))
+    assert pomp.load_backbone(str(path), precision="pure_bf16").encode_texts(["a cat."]).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"linear-projection\.json: open_clip cannot cast this model to bf16 .*pure_bf16"):
+        pomp.load_backbone(str(path), precision="bf16")

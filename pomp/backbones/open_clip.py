@@ -13,6 +13,7 @@ import math
 import os
 import re
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -299,6 +300,7 @@ class OpenCLIPBackbone(Backbone):
         self.logit_scale = math.exp(scale) if scale is not None else float("nan")
         self.logit_bias = _scalar(getattr(model, "logit_bias", None))
         self.causal = self._path.causal
+        self._autocast_dtype = mixed_low_precision(model, name)
         self.pooling = self._path.pooling
         self.dense_path = dense_path_of(model.visual)[0]
         if fast_text is None:
@@ -344,19 +346,28 @@ class OpenCLIPBackbone(Backbone):
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         fast_run = (self._compiled_blocks or causal_blocks_forward) if self.uses_fast_text else None
-        return self._path.encode(embeddings, tokens.to(embeddings.device), fast_run)
+        with self._mixed_precision():
+            return self._path.encode(embeddings, tokens.to(embeddings.device), fast_run)
+
+    def _mixed_precision(self):
+        """Autocast to the low-precision dtype of a model whose weights mix it with fp32 (`mixed_low_precision`)."""
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     # --- image side --------------------------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         # fp16/bf16 weights (precision="fp16"/"bf16") take pixels of their own dtype, on CPU as on CUDA
-        return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)), normalize=False)
+        with self._mixed_precision():
+            return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)), normalize=False)
 
     def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Per-location features `[B, embed_dim, h, w]` in the joint space; `dense_path` says which method."""
         path, reason = dense_path_of(self.model.visual)
         if path is None:
             raise NotImplementedError(f"{self.name}: no dense features: {reason}")
-        return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
+        with self._mixed_precision():
+            return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
 
     @property
     def image_spec(self) -> ImageSpec:
@@ -400,6 +411,22 @@ def joint_width(model: nn.Module, path, name: str) -> int:
     if visual is not None and int(visual) != width:
         raise ValueError(f"{name}: image features are {visual}-d but text features {width}-d")
     return width
+
+
+def mixed_low_precision(model: nn.Module, name: str) -> torch.dtype | None:
+    """fp16/bf16 when the model's weights mix it with fp32 (then every encode path autocasts to it), else None.
+
+    open_clip's `precision="fp16"/"bf16"` (OpenAI's mixed precision, `convert_weights_to_lp`) casts the
+    layers of its own towers (linear, convolution, attention, projections) and leaves everything else
+    fp32: a Hugging Face text tower's embeddings and norms, CoCa's pooler queries... Such towers would
+    multiply fp32 activations with fp16 weights. Under `torch.autocast` every matrix product runs in the
+    one low-precision dtype whichever tensors the cast reached. Models in one dtype need no autocast.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    low = dtypes & {torch.float16, torch.bfloat16}
+    if len(low) > 1:
+        raise ValueError(f"{name}: weights in both float16 and bfloat16; cast the model to one precision")
+    return next(iter(low)) if low and torch.float32 in dtypes else None
 
 
 def _pixel_dtype(visual: torch.nn.Module) -> torch.dtype:
@@ -760,9 +787,16 @@ def load_open_clip(
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
         torch.manual_seed(0)
-        model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
-            model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
-            weights_only=True, **overrides))
+        try:
+            model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
+                model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
+                weights_only=True, **overrides))
+        except AttributeError as err:
+            if precision not in ("fp16", "bf16"):
+                raise
+            # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
+            raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
+                             f"use pure_{precision} (every weight cast) or amp") from None
     if from_file and plan.torchscript:
         _load_torchscript_weights(model, pretrained, name_or_config)
     elif from_file:
