@@ -356,6 +356,56 @@ def test_model_object_is_used_as_is(zoo_dir):
         pomp.load_backbone("ViT-B-16", tokenizer=tokenizer)
 
 
+@pytest.mark.parametrize("wrap", ["DataParallel", "DistributedDataParallel", "torch.compile"])
+def test_wrapped_model_object_is_unwrapped(wrap, zoo_dir, monkeypatch):
+    """A model wrapped for training or compiled: pomp drives the open_clip model inside, as `.module` /
+    `._orig_mod` hold it (the wrapper's own forward is never what pomp calls)."""
+    model, tokenizer, _ = family("ViT-B-16", zoo_dir)
+    if wrap == "DataParallel":
+        wrapped = torch.nn.DataParallel(model)
+    elif wrap == "DistributedDataParallel":
+        import torch.distributed as dist
+
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        trainable = build_shrunk("ViT-B-16", zoo_dir)[0].requires_grad_(True)  # DDP wants parameters with grad
+        try:
+            wrapped = torch.nn.parallel.DistributedDataParallel(trainable)
+        finally:
+            dist.destroy_process_group()
+        model = trainable
+    else:
+        wrapped = torch.compile(model)
+    backbone = pomp.load_backbone(wrapped, tokenizer=tokenizer)
+    assert backbone.model is model and backbone.name == "CLIP" and backbone.identity["architecture"] == "CLIP"
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, ["cat"])
+    torch.testing.assert_close(ours, own_text_features(model, tokenizer, ["a photo of a cat."]), atol=ATOL, rtol=0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_what_is_not_a_model_is_named(zoo_dir, tiny_config):
+    """create_model_and_transforms' whole (model, preprocess, preprocess) tuple, a Path, another object."""
+    model, tokenizer, _ = family("ViT-B-16", zoo_dir)
+    with pytest.raises(ValueError, match=r"got a tuple .*create_model_and_transforms.*first element"):
+        pomp.load_backbone((model, None, None), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="expected a model name, a model-config path or an open_clip model object, "
+                                         "got dict"):
+        pomp.load_backbone({"model": model})
+    from pathlib import Path
+
+    assert pomp.load_backbone(Path(tiny_config)).name == tiny_config
+
+
 # --- the length boundary (issue 12, item 6) -------------------------------------------------------
 @pytest.mark.parametrize("name", ["ViT-B-16", "ViT-B-16-SigLIP", "ViT-L-14-worldwide", "roberta-ViT-B-32",
                                   "ViT-L-14-CLIPA"])

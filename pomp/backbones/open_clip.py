@@ -864,8 +864,12 @@ def from_open_clip_model(
     `tokenizer`: what `open_clip.get_tokenizer(...)` returns for it (any callable taking a list of
     texts and an optional `context_length`, returning `[N, L]` token ids). The model is frozen in
     place (eval mode, no gradients) and moved to `device` when one is given. `name` defaults to the
-    model's class name; `pretrained` is recorded as given.
+    model's class name; `pretrained` is recorded as given. A model wrapped in `DataParallel` /
+    `DistributedDataParallel` (`.module`) or compiled by `torch.compile` (`._orig_mod`) is unwrapped:
+    pomp calls the open_clip model's own methods, never the wrapper's forward.
     """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
     if not isinstance(model, nn.Module) or not hasattr(model, "visual"):
         raise ValueError(f"expected an open_clip model (with .visual and a text tower), got {type(model).__name__}")
     if tokenizer is None:
