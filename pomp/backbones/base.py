@@ -132,6 +132,14 @@ class Backbone(nn.Module, ABC):
             "RoI-pooled region classification need; crop-and-encode region classification works without one"
         )
 
+    def check_dense_input(self, size: int) -> None:
+        """Raise before any image is read when dense features cannot be computed for `size` x `size` inputs.
+
+        NotImplementedError: the backbone has no dense path; ValueError: its image tower takes no such input.
+        """
+        if type(self).encode_dense_features is Backbone.encode_dense_features:
+            Backbone.encode_dense_features(self, None)  # the one message for a missing dense path
+
     @property
     @abstractmethod
     def image_spec(self) -> ImageSpec:

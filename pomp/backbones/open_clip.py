@@ -369,6 +369,15 @@ class OpenCLIPBackbone(Backbone):
         with self._mixed_precision():
             return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
 
+    def check_dense_input(self, size: int) -> None:
+        path, reason = dense_path_of(self.model.visual)
+        if path is None:
+            raise NotImplementedError(f"{self.name}: no dense features: {reason}")
+        fixed = fixed_input_size(self.model.visual)
+        if fixed is not None and fixed != (size, size):
+            raise ValueError(f"{self.name}: its image tower (timm {type(self.model.visual.trunk).__name__}) takes "
+                             f"only {fixed[0]} x {fixed[1]} inputs, not {size} x {size}; leave --size out")
+
     @property
     def image_spec(self) -> ImageSpec:
         cfg = open_clip.get_model_preprocess_cfg(self.model)
@@ -398,6 +407,9 @@ class OpenCLIPBackbone(Backbone):
         info["fast_causal_text_path"] = self.fast_text_supported
         if self.dense_path is None:
             info["dense_features"] = "none: " + dense_path_of(visual)[1]
+        else:
+            fixed = fixed_input_size(visual)
+            info["dense_input"] = f"{fixed[0]} x {fixed[1]} only" if fixed else "any size"
         return info
 
 
@@ -576,6 +588,20 @@ def timm_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.
     cells = fmap.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, channels)
     out = visual.head(trunk.forward_head(cells if nhwc else cells.permute(0, 3, 1, 2)))
     return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+
+
+def fixed_input_size(visual: nn.Module) -> tuple[int, int] | None:
+    """(H, W) when the image tower takes no other input size, else None.
+
+    timm's ViT-like and Swin trunks built without `dynamic_img_size` hold position embeddings (or
+    attention windows) for one input size and assert it; convolutional trunks, open_clip's own ViT
+    (pomp resizes its position embedding) and ModifiedResNet take any size.
+    """
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None or getattr(trunk, "dynamic_img_size", True):
+        return None
+    size = getattr(getattr(trunk, "patch_embed", None), "img_size", None) or visual.image_size
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
 def _token_grid(count: int, image: tuple[int, int]) -> tuple[int, int]:
