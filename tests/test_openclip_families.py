@@ -196,6 +196,26 @@ def test_init_words_must_match_n_ctx_on_a_tokenizer_without_start_token(zoo_dir)
     assert Prompt.init(backbone, n_ctx=pieces, init="a photo of a").n_ctx == pieces
 
 
+@pytest.mark.parametrize("name", ["roberta-ViT-B-32", "xlm-roberta-base-ViT-B-32", "nllb-clip-base"])
+def test_class_name_holding_the_pad_token_on_a_hugging_face_tower(name, zoo_dir):
+    """Hugging Face towers number positions from the ids, skipping pad ids, and mask pads out of attention: a
+    class name holding the pad token's text ("<pad>") would be read with a hole and shifted positions, so it
+    is refused in one line; other special tokens inside a name ("</s>") are read as the model reads them."""
+    model, tokenizer, backbone = family(name, zoo_dir)
+    pad = tokenizer.tokenizer.pad_token
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with pytest.raises(ValueError, match=rf"names\.txt: class 'my {pad} cat'.*padding token.*masks out"):
+        prompt.tokenize_classes(backbone, ["cat", f"my {pad} cat"], source="names.txt")
+    from pomp.evaluate import build_classifier
+
+    with pytest.raises(ValueError, match="padding token"):
+        build_classifier(backbone, [f"my {pad} cat"], baseline="single", source="names.txt")
+    other = "my </s> cat"
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, [other])
+    torch.testing.assert_close(ours, own_text_features(model, tokenizer, [f"a photo of a {other}."]), atol=ATOL, rtol=0)
+
+
 # --- pooling and cutting ------------------------------------------------------------------------
 @pytest.mark.parametrize("name,causal,cut", [
     ("ViT-B-16", True, True),  # EOT (argmax)

@@ -163,6 +163,11 @@ class Backbone(nn.Module, ABC):
         fits = (wider[:, :length] == tokens).all(dim=1) & (wider[:, length] == pad)
         return tokens, fits
 
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[C]` bool: the text holds the pad token before its end, where the text tower would not read it as
+        the model reads the same ids (none by default; see `OpenCLIPBackbone`)."""
+        return torch.zeros(tokens.shape[0], dtype=torch.bool)
+
     def prompt_layout(self, n_ctx: int) -> PromptLayout:
         """Where `n_ctx` placeholders land in "P ... P <name>." for this tokenizer (see `PromptLayout`)."""
         return _prompt_layout(self, int(n_ctx))

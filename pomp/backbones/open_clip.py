@@ -219,6 +219,13 @@ class HFTextPath:
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.get_input_embeddings()(tokens)
 
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A pad id before the last non-pad token: the model masks it out of attention and (RoBERTa, XLM-R,
+        NLLB) numbers positions from the ids, skipping it; from embeddings positions are consecutive."""
+        real = tokens != self.pad_id
+        after_last_real = real.flip(-1).cumsum(-1).flip(-1) == 0
+        return (~real & ~after_last_real).any(dim=-1)
+
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self._maskable:
             return torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
@@ -340,6 +347,10 @@ class OpenCLIPBackbone(Backbone):
 
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._path.sequence_lengths(tokens)
+
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        inside = getattr(self._path, "padding_inside", None)
+        return inside(tokens) if inside is not None else super().padding_inside(tokens)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._path.embed(tokens)
