@@ -428,7 +428,8 @@ def test_what_is_not_a_model_is_named(zoo_dir, tiny_config):
 
 # --- the length boundary (issue 12, item 6) -------------------------------------------------------
 @pytest.mark.parametrize("name", ["ViT-B-16", "ViT-B-16-SigLIP", "ViT-L-14-worldwide", "roberta-ViT-B-32",
-                                  "ViT-L-14-CLIPA"])
+                                  "ViT-L-14-CLIPA", "ViT-B-16-SigLIP2", "nllb-clip-base",
+                                  "coca_ViT-B-32"])
 def test_exact_fit_is_accepted_and_one_more_word_is_refused(name, zoo_dir):
     model, tokenizer, backbone = family(name, zoo_dir)
     prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
