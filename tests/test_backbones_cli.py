@@ -253,3 +253,21 @@ def test_dense_commands_write_nothing_when_refused(command, scenes, tmp_path, ca
     rc = main(_dense_command(command, tiny_config, data, out))
     assert_one_line_error(rc, capsys.readouterr().err, command, "class 'blue blue", "does not fit")
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_backbones_command_on_a_local_dir_model(tmp_path, capsys, tiny_config):
+    """A folder saved by open_clip's `save_for_hf` (what `local-dir:` and `hf-hub:` names load), as eval takes it."""
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    open_clip.add_model_config(tiny_config)
+    model = open_clip.create_model("tiny-clip")
+    config = open_clip.get_model_config("tiny-clip")
+    tokenizer = open_clip.get_tokenizer("tiny-clip")
+    tokenizer.save_pretrained = lambda folder: None  # CLIP's own tokenizer has no files to write
+    save_for_hf(model, tokenizer, config, tmp_path / "saved")
+    assert main(["backbones", f"local-dir:{tmp_path / 'saved'}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["text_width"] == config["text_cfg"]["width"] and info["embed_dim"] == config["embed_dim"]
+    assert info["prefix_tokens"] == 1 and info["causal"] is True and info["context_length"] == 77
+    rc = main(["backbones", f"local-dir:{tmp_path / 'missing'}"])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "missing")

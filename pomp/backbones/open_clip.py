@@ -876,14 +876,15 @@ def load_open_clip_structure(name_or_config: str) -> OpenCLIPBackbone:
     """
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
-    if model_name not in open_clip.list_models():
+    schema = ":" in model_name  # hf-hub: / local-dir: carry their own config (and weights, not loaded here)
+    if model_name not in open_clip.list_models() and not schema:
         raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing "
                          ".json config)")
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
 
     def build():
         with torch.device("meta"):
-            return open_clip.create_model(model_name, device="meta", pretrained_text=False)
+            return open_clip.create_model(model_name, device="meta", pretrained_text=False, load_weights=False)
 
     model = _from_hub(model_name, "text tower", build)
     return OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=None)
