@@ -532,3 +532,15 @@ def test_a_model_open_clips_mixed_cast_cannot_build_is_refused_at_load(tmp_path)
     assert pomp.load_backbone(str(path), precision="pure_bf16").encode_texts(["a cat."]).dtype == torch.bfloat16
     with pytest.raises(ValueError, match=r"linear-projection\.json: open_clip cannot cast this model to bf16 .*pure_bf16"):
         pomp.load_backbone(str(path), precision="bf16")
+
+
+def test_weights_precision_is_part_of_the_identity(tiny_config, tmp_path):
+    """describe() keys feature caches and result files: an fp16 tower's image features are not an fp32 tower's."""
+    from pomp.features import cache_key
+
+    full, half = pomp.load_backbone(tiny_config), pomp.load_backbone(tiny_config, precision="fp16")
+    assert "weights_dtype" not in full.describe()
+    assert half.describe()["weights_dtype"] == "float16+float32"  # open_clip's mixed cast keeps norms fp32
+    assert pomp.load_backbone(tiny_config, precision="pure_bf16").describe()["weights_dtype"] == "bfloat16"
+    transform = full.eval_transform()
+    assert cache_key(full, transform, [("a.png", 0)]) != cache_key(half, transform, [("a.png", 0)])

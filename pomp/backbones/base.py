@@ -208,8 +208,12 @@ class Backbone(nn.Module, ABC):
         return next(self.parameters()).device
 
     def describe(self) -> dict:
-        """Identity of the backbone, stored in prompt and result files."""
-        return {
+        """Identity of the backbone, stored in prompt and result files and keying feature caches.
+
+        `weights_dtype` appears when the weights are not all float32 (e.g. "float16+float32" for
+        open_clip's mixed fp16 cast), so features computed at one precision are not taken for another's.
+        """
+        info = {
             "family": type(self).__name__,
             "name": self.name,
             "pretrained": self.pretrained,
@@ -217,6 +221,10 @@ class Backbone(nn.Module, ABC):
             "embed_dim": self.embed_dim,
             **(self.identity or {}),
         }
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.is_floating_point()})
+        if dtypes and dtypes != ["float32"]:
+            info["weights_dtype"] = "+".join(dtypes)
+        return info
 
     # What `pomp backbones NAME` prints beyond the layout; subclasses add their tower details.
     pooling: str = "unspecified"
