@@ -376,6 +376,23 @@ def test_model_object_is_used_as_is(zoo_dir):
         pomp.load_backbone("ViT-B-16", tokenizer=tokenizer)
 
 
+def test_a_tokenizer_that_is_not_the_models_is_refused_in_one_line(zoo_dir):
+    """Another model's tokenizer (ids past the vocabulary, a longer context), the raw transformers tokenizer
+    inside open_clip's wrapper, a callable without `context_length`: one line when handed over, not later."""
+    siglip, siglip_tokenizer, _ = family("ViT-B-16-SigLIP", zoo_dir)  # 64-token context, T5 vocabulary
+    clip, clip_tokenizer, _ = family("ViT-B-16", zoo_dir)
+    with pytest.raises(ValueError, match=r"tokenizer gives id \d+ .* token embeddings.*another model"):
+        pomp.load_backbone(siglip, tokenizer=clip_tokenizer)
+    with pytest.raises(ValueError, match="tokenizer gives 77 positions .* 64.*another model"):
+        pomp.load_backbone(siglip, tokenizer=lambda texts, context_length=77: clip_tokenizer(texts, context_length)
+                           .clamp(max=len(siglip_tokenizer.tokenizer) - 1))
+    with pytest.raises(ValueError, match="BatchEncoding.*open_clip.get_tokenizer"):
+        pomp.load_backbone(siglip, tokenizer=siglip_tokenizer.tokenizer)
+    with pytest.raises(ValueError, match="context_length"):
+        pomp.load_backbone(clip, tokenizer=lambda texts: clip_tokenizer(texts))
+    assert pomp.load_backbone(clip, tokenizer=clip_tokenizer).tokenizer is clip_tokenizer
+
+
 @pytest.mark.parametrize("wrap", ["DataParallel", "DistributedDataParallel", "torch.compile"])
 def test_wrapped_model_object_is_unwrapped(wrap, zoo_dir, monkeypatch):
     """A model wrapped for training or compiled: pomp drives the open_clip model inside, as `.module` /

@@ -106,6 +106,9 @@ class TransformerTextPath:
         self.pad_mask = bool(getattr(text, "use_pad_mask", False)) if custom else False
         self.causal = text.attn_mask is not None
         self.width = int(text.token_embedding.weight.shape[1])
+        self.vocab_size = int(text.token_embedding.weight.shape[0])
+        # positions the token ids may fill (CoCa's class token takes one more)
+        self.max_length = int(text.positional_embedding.shape[0]) - (1 if self.cls_emb is not None else 0)
         self.fast_blocks = None if (self.cls_emb is not None or self.pad_mask) else fast_text_blocks(text)
 
     @property
@@ -205,6 +208,8 @@ class HFTextPath:
                              "so the attention mask of the text tower is undefined")
         self.pad_id = int(text.config.pad_token_id)
         self.width = int(self.encoder.get_input_embeddings().weight.shape[1])
+        self.vocab_size = int(self.encoder.get_input_embeddings().weight.shape[0])
+        self.max_length = None  # position limits are the Hugging Face model's own
         self._maskable = isinstance(text.pooler, (MeanPooler, ClsPooler, ClsLastHiddenStatePooler))
 
     @property
@@ -265,6 +270,34 @@ def text_path_of(model: nn.Module, name: str):
                      "(supported: open_clip TextTransformer, Hugging Face encoders through HFTextEncoder)")
 
 
+def check_tokenizer(tokenizer, path, name: str) -> None:
+    """Refuse, in one line, a tokenizer pomp cannot drive or that is not this model's.
+
+    pomp calls `tokenizer(texts)` and `tokenizer(texts, context_length=L)` and expects `[N, L]` integer
+    ids (what `open_clip.get_tokenizer(name)` returns). Ids past the text tower's vocabulary, or more
+    positions than it has, mean another model's tokenizer (e.g. CLIP's with a SigLIP model).
+    """
+    probe = ["a photo of a cat."]
+    try:
+        tokens = tokenizer(probe)
+        if isinstance(tokens, torch.Tensor):
+            tokenizer(probe, context_length=int(tokens.shape[-1]) + 1)
+    except Exception as err:  # any failure of a foreign callable: its kind and first line, in ours
+        cause = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{name}: the tokenizer cannot be called as tokenizer(texts, context_length=...) "
+                         f"({type(err).__name__}: {cause}); give open_clip.get_tokenizer(...)'s") from None
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        kind = type(tokens).__name__ if not isinstance(tokens, torch.Tensor) else f"a {tokens.dim()}-d {tokens.dtype}"
+        raise ValueError(f"{name}: the tokenizer returns {kind}, not [N, L] token ids; give the open_clip "
+                         "tokenizer (open_clip.get_tokenizer(...), which wraps a transformers tokenizer)")
+    if int(tokens.max()) >= path.vocab_size:
+        raise ValueError(f"{name}: the tokenizer gives id {int(tokens.max())} but the text tower has "
+                         f"{path.vocab_size} token embeddings: the tokenizer of another model?")
+    if path.max_length is not None and tokens.shape[1] > path.max_length:
+        raise ValueError(f"{name}: the tokenizer gives {tokens.shape[1]} positions but the text tower has "
+                         f"{path.max_length}: the tokenizer of another model?")
+
+
 def _scalar(parameter: torch.Tensor | None) -> float | None:
     """A frozen scalar parameter's value (None for an absent or not-yet-materialised one)."""
     if parameter is None or parameter.is_meta:
@@ -301,6 +334,7 @@ class OpenCLIPBackbone(Backbone):
         self.name = name
         self.pretrained = pretrained
         self._path = text_path_of(model, name)
+        check_tokenizer(tokenizer, self._path, name)
         self.text_width = self._path.width
         self.embed_dim = joint_width(model, self._path, name)
         scale = _scalar(getattr(model, "logit_scale", None))
