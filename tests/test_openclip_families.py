@@ -561,3 +561,25 @@ def test_weights_precision_is_part_of_the_identity(tiny_config, tmp_path):
     assert pomp.load_backbone(tiny_config, precision="pure_bf16").describe()["weights_dtype"] == "bfloat16"
     transform = full.eval_transform()
     assert cache_key(full, transform, [("a.png", 0)]) != cache_key(half, transform, [("a.png", 0)])
+
+
+# --- test-time preprocessing: the model's own ---------------------------------------------------
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
+def test_eval_transform_is_the_models_own_preprocessing(resize_mode, tiny_config):
+    """SigLIP, CLIPA, PE-Core and DFN-5B releases squash the image to the input size instead of cropping its
+    centre (open_clip's pretrained configs): pomp scores images as the model's own `preprocess` does."""
+    import numpy as np
+    from PIL import Image
+
+    open_clip.add_model_config(tiny_config)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "tiny-clip", image_resize_mode=resize_mode, image_interpolation="bicubic", image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5))
+    backbone = pomp.load_backbone(model, tokenizer=open_clip.get_tokenizer("tiny-clip"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 310, 3), dtype=np.uint8))
+    ours = backbone.eval_transform()(image)
+    torch.testing.assert_close(ours, preprocess(image))
+    if resize_mode == "squash":  # by hand: the whole image resized to 32 x 32, no crop
+        size = backbone.image_spec.size
+        by_hand = torch.from_numpy(np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255)
+        torch.testing.assert_close(ours, (by_hand.permute(2, 0, 1) - 0.5) / 0.5, atol=1e-6, rtol=0)

@@ -435,6 +435,14 @@ class OpenCLIPBackbone(Backbone):
             interpolation=cfg.get("interpolation", "bicubic"),
         )
 
+    def eval_transform(self):
+        """The model's own test-time preprocessing, as open_clip builds it (`image_transform_v2`): resize mode
+        (shortest side + centre crop for CLIP; the whole image squashed to the input size for the SigLIP, CLIPA,
+        PE-Core and DFN-5B releases), interpolation, mean/std from the weights' pretrained config."""
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        return image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model)), is_train=False)
+
     def describe(self) -> dict:
         info = super().describe()
         if self.logit_bias is not None:
