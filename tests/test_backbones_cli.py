@@ -271,3 +271,27 @@ def test_backbones_command_on_a_local_dir_model(tmp_path, capsys, tiny_config):
     assert info["prefix_tokens"] == 1 and info["causal"] is True and info["context_length"] == 77
     rc = main(["backbones", f"local-dir:{tmp_path / 'missing'}"])
     assert_one_line_error(rc, capsys.readouterr().err, "backbones", "missing")
+
+
+def test_hugging_face_text_tower_loads_quietly(tmp_path, capfd):
+    """A Hugging Face text tower saved with its pooler (as the Hub's roberta-base is): transformers' load
+    report (terminal escape codes) and progress bars stay off pomp's stderr."""
+    import transformers
+
+    from pomp.backbones.zoo import shrunk_config
+
+    cfg, _ = shrunk_config("roberta-ViT-B-32", tmp_path / "zoo")
+    folder = tmp_path / "roberta-with-pooler"
+    transformers.RobertaModel(transformers.RobertaConfig.from_pretrained(cfg["text_cfg"]["hf_model_name"]),
+                              add_pooling_layer=True).save_pretrained(str(folder))
+    cfg["text_cfg"]["hf_model_name"] = str(folder)
+    cfg["text_cfg"].pop("hf_model_pretrained", None)
+    path = tmp_path / "roberta-shrunk.json"
+    path.write_text(json.dumps(cfg))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("tabby cat\nred fox\n")
+    capfd.readouterr()
+    rc = main(["embed", "--backbone", str(path), "--classes", str(vocab), "--out-dir", str(tmp_path / "emb")])
+    err = capfd.readouterr().err
+    assert rc == 0, err
+    assert "\x1b" not in err and "LOAD REPORT" not in err and "Loading weights" not in err, err

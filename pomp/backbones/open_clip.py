@@ -13,7 +13,7 @@ import math
 import os
 import re
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -891,6 +891,26 @@ def load_open_clip(
     return backbone
 
 
+@contextmanager
+def _quiet_transformers():
+    """transformers' own load report (a table with terminal escape codes, e.g. the Hub's roberta-base pooler
+    that open_clip's text tower leaves out) and progress bars kept off the user's terminal while building."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _from_hub(model_name: str, part: str, build):
     """`build()`, with a Hub download that fails (offline, no network) said in one line naming the model."""
     cfg = open_clip.get_model_config(model_name) or {}
@@ -898,7 +918,8 @@ def _from_hub(model_name: str, part: str, build):
     hub = [r for r in (text_cfg.get("hf_tokenizer_name") if part == "tokenizer" else text_cfg.get("hf_model_name"),)
            if r and not Path(r).is_dir()]
     try:
-        return build()
+        with _quiet_transformers():
+            return build()
     except OSError as err:
         if not hub:
             raise
