@@ -295,3 +295,11 @@ def test_hugging_face_text_tower_loads_quietly(tmp_path, capfd):
     err = capfd.readouterr().err
     assert rc == 0, err
     assert "\x1b" not in err and "LOAD REPORT" not in err and "Loading weights" not in err, err
+
+
+def test_pretrain_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: ViT-B-16)" in text and "(default: ViT-B-16) (default: ViT-B-16)" not in text
+    assert text.count("(default: 0.002)") == 1
