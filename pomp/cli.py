@@ -348,9 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train a prompt (single process, or under torchrun for DDP)",
                        description="Pre-train a POMP prompt. Defaults are the paper's recipe (n_ctx 4, K 1000, "
                                    "SGD 0.002, 1 warm-up epoch then cosine, 32 images x 4 views, 5 epochs). "
-                                   "Run under `torchrun --nproc_per_node N` for DDP.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_dataclass_flags(p, PretrainConfig, PRETRAIN_HELP)
+                                   "Run under `torchrun --nproc_per_node N` for DDP.")
+    _add_dataclass_flags(p, PretrainConfig, PRETRAIN_HELP)  # each help states its default
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="zero-shot classification with a prompt and/or hand-crafted baselines",

@@ -42,7 +42,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="hand-crafted baseline: 'single' = \"a photo of a {}.\", 'ensemble' = CLIP's 80 templates")
     p.add_argument("--unseen", default=None, help="file of unseen class names (one a line): adds seen/unseen metrics")
     p.add_argument("--size", type=int_at_least(1), default=None,
-                   help="side of the square input of the dense path (default: the backbone's input size)")
+                   help="side of the square input of the dense path (default: the backbone's input size; "
+                        "timm ViT and Swin towers take only their own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 

@@ -50,7 +50,8 @@ class ClassTokens:
 
 
 def check_fit(backbone: Backbone, texts: Sequence[str], labels: Sequence[str], source: str | None) -> torch.Tensor:
-    """Tokens `[N, L]` of `texts`; a ValueError naming `source` and the first text that was cut.
+    """Tokens `[N, L]` of `texts`; a ValueError naming `source` and the first text that was cut (or that holds
+    the pad token where the text tower would read it otherwise than the model does, `Backbone.padding_inside`).
 
     `labels[i]` says what `texts[i]` is in the message (e.g. "class 'tabby cat'"). An exact fit (the
     end token in the last position) is accepted (`Backbone.tokenize_checked`).
@@ -61,6 +62,12 @@ def check_fit(backbone: Backbone, texts: Sequence[str], labels: Sequence[str], s
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ValueError(f"{source or 'class list'}: {labels[bad[0]]}{more} does not fit the text context of "
                          f"{tokens.shape[1]} tokens of backbone {backbone.name!r}; shorten it")
+    inside = backbone.padding_inside(tokens)
+    if bool(inside.any()):
+        bad = inside.nonzero()[:, 0].tolist()
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{source or 'class list'}: {labels[bad[0]]}{more} holds the tokenizer's padding token, "
+                         f"which the text tower of backbone {backbone.name!r} masks out; rename it")
     return tokens
 
 

@@ -196,3 +196,110 @@ def test_benchmark_checks_every_vocabulary_before_image_features(backbone, tmp_p
     assert "does not fit" in run.failed["eurosat"] and "river river" in run.failed["eurosat"]
     assert events[0].startswith("error   eurosat:") and events[1:] and events[1] == "features dtd"
     assert {r["dataset"] for r in run.records} == {"dtd"}
+
+
+# --- segment / detect: refused before anything is written -----------------------------------------
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from pomp.dense.scenes import make_scenes
+
+    return make_scenes(tmp_path_factory.mktemp("scenes"), num_images=2, size=64, seed=3, source="shapes")
+
+
+def _dense_command(command: str, backbone: str, scenes: Path, out: Path, *extra: str) -> list[str]:
+    if command == "segment":
+        return ["segment", "--backbone", backbone, "--data", str(scenes), "--baseline", "single",
+                "--out-dir", str(out), *extra]
+    return ["detect", "--backbone", backbone, "--annotations", str(scenes / "annotations.json"), "--images",
+            str(scenes / "JPEGImages"), "--baseline", "single", "--method", "roi", "--out-dir", str(out), *extra]
+
+
+@pytest.mark.parametrize("command", ["segment", "detect"])
+def test_dense_input_size_a_timm_vit_cannot_take_is_refused_first(command, scenes, tmp_path, capsys):
+    """timm ViTs (EVA, SigLIP, PE...) take only their own input size: --size 112 on a 224 tower is one line."""
+    cfg = derived_config(tmp_path, "EVA02-B-16", "eva-tiny", timm_model_name="eva02_tiny_patch14_224")
+    out = tmp_path / "out"
+    rc = main(_dense_command(command, cfg, scenes, out, "--size", "112"))
+    assert_one_line_error(rc, capsys.readouterr().err, command, "eva-tiny.json", "224 x 224", "112 x 112", "--size")
+    assert not out.exists() or not list(out.iterdir())
+    assert main(["backbones", cfg]) == 0 and json.loads(capsys.readouterr().out)["dense_input"] == "224 x 224 only"
+    assert main(_dense_command(command, cfg, scenes, tmp_path / "native", "--size", "224")) == 0  # its own size runs
+
+
+@pytest.mark.parametrize("command", ["segment", "detect"])
+def test_dense_commands_write_nothing_when_refused(command, scenes, tmp_path, capsys, tiny_config):
+    """No dense path (CoCa's attentional pooler), a class name that does not fit: refused before any file."""
+    from pomp.backbones.zoo import shrunk_config
+
+    cfg, _ = shrunk_config("coca_ViT-B-32", tmp_path / "zoo")
+    coca = tmp_path / "coca-shrunk.json"
+    coca.write_text(json.dumps(cfg))
+    out = tmp_path / "coca-out"
+    rc = main(_dense_command(command, str(coca), scenes, out))
+    assert_one_line_error(rc, capsys.readouterr().err, command, "coca-shrunk.json", "no dense features")
+    assert not out.exists() or not list(out.iterdir())
+
+    long_name = " ".join(["blue"] * 80)
+    data = tmp_path / "long"
+    import shutil
+
+    shutil.copytree(scenes, data)
+    classes = (data / "classes.txt").read_text().splitlines()
+    (data / "classes.txt").write_text("\n".join(classes[:-1] + [long_name]) + "\n")
+    annotations = json.loads((data / "annotations.json").read_text())
+    annotations["categories"][-1]["name"] = long_name
+    (data / "annotations.json").write_text(json.dumps(annotations))
+    out = tmp_path / "long-out"
+    rc = main(_dense_command(command, tiny_config, data, out))
+    assert_one_line_error(rc, capsys.readouterr().err, command, "class 'blue blue", "does not fit")
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_backbones_command_on_a_local_dir_model(tmp_path, capsys, tiny_config):
+    """A folder saved by open_clip's `save_for_hf` (what `local-dir:` and `hf-hub:` names load), as eval takes it."""
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    open_clip.add_model_config(tiny_config)
+    model = open_clip.create_model("tiny-clip")
+    config = open_clip.get_model_config("tiny-clip")
+    tokenizer = open_clip.get_tokenizer("tiny-clip")
+    tokenizer.save_pretrained = lambda folder: None  # CLIP's own tokenizer has no files to write
+    save_for_hf(model, tokenizer, config, tmp_path / "saved")
+    assert main(["backbones", f"local-dir:{tmp_path / 'saved'}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["text_width"] == config["text_cfg"]["width"] and info["embed_dim"] == config["embed_dim"]
+    assert info["prefix_tokens"] == 1 and info["causal"] is True and info["context_length"] == 77
+    rc = main(["backbones", f"local-dir:{tmp_path / 'missing'}"])
+    assert_one_line_error(rc, capsys.readouterr().err, "backbones", "missing")
+
+
+def test_hugging_face_text_tower_loads_quietly(tmp_path, capfd):
+    """A Hugging Face text tower saved with its pooler (as the Hub's roberta-base is): transformers' load
+    report (terminal escape codes) and progress bars stay off pomp's stderr."""
+    import transformers
+
+    from pomp.backbones.zoo import shrunk_config
+
+    cfg, _ = shrunk_config("roberta-ViT-B-32", tmp_path / "zoo")
+    folder = tmp_path / "roberta-with-pooler"
+    transformers.RobertaModel(transformers.RobertaConfig.from_pretrained(cfg["text_cfg"]["hf_model_name"]),
+                              add_pooling_layer=True).save_pretrained(str(folder))
+    cfg["text_cfg"]["hf_model_name"] = str(folder)
+    cfg["text_cfg"].pop("hf_model_pretrained", None)
+    path = tmp_path / "roberta-shrunk.json"
+    path.write_text(json.dumps(cfg))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("tabby cat\nred fox\n")
+    capfd.readouterr()
+    rc = main(["embed", "--backbone", str(path), "--classes", str(vocab), "--out-dir", str(tmp_path / "emb")])
+    err = capfd.readouterr().err
+    assert rc == 0, err
+    assert "\x1b" not in err and "LOAD REPORT" not in err and "Loading weights" not in err, err
+
+
+def test_pretrain_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: ViT-B-16)" in text and "(default: ViT-B-16) (default: ViT-B-16)" not in text
+    assert text.count("(default: 0.002)") == 1

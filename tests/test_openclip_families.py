@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import pomp
 from pomp.backbones.zoo import build_shrunk, stand_in_tokenizer
 from pomp.prompt import Prompt
+from conftest import TINY_CONFIG
 
 ATOL = 1e-5
 CLASSES = ["cat", "golden retriever", "hot_air balloon", "x ray", "a very long class name with many words"]
@@ -195,6 +196,26 @@ def test_init_words_must_match_n_ctx_on_a_tokenizer_without_start_token(zoo_dir)
     assert Prompt.init(backbone, n_ctx=pieces, init="a photo of a").n_ctx == pieces
 
 
+@pytest.mark.parametrize("name", ["roberta-ViT-B-32", "xlm-roberta-base-ViT-B-32", "nllb-clip-base"])
+def test_class_name_holding_the_pad_token_on_a_hugging_face_tower(name, zoo_dir):
+    """Hugging Face towers number positions from the ids, skipping pad ids, and mask pads out of attention: a
+    class name holding the pad token's text ("<pad>") would be read with a hole and shifted positions, so it
+    is refused in one line; other special tokens inside a name ("</s>") are read as the model reads them."""
+    model, tokenizer, backbone = family(name, zoo_dir)
+    pad = tokenizer.tokenizer.pad_token
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with pytest.raises(ValueError, match=rf"names\.txt: class 'my {pad} cat'.*padding token.*masks out"):
+        prompt.tokenize_classes(backbone, ["cat", f"my {pad} cat"], source="names.txt")
+    from pomp.evaluate import build_classifier
+
+    with pytest.raises(ValueError, match="padding token"):
+        build_classifier(backbone, [f"my {pad} cat"], baseline="single", source="names.txt")
+    other = "my </s> cat"
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, [other])
+    torch.testing.assert_close(ours, own_text_features(model, tokenizer, [f"a photo of a {other}."]), atol=ATOL, rtol=0)
+
+
 # --- pooling and cutting ------------------------------------------------------------------------
 @pytest.mark.parametrize("name,causal,cut", [
     ("ViT-B-16", True, True),  # EOT (argmax)
@@ -355,9 +376,77 @@ def test_model_object_is_used_as_is(zoo_dir):
         pomp.load_backbone("ViT-B-16", tokenizer=tokenizer)
 
 
+def test_a_tokenizer_that_is_not_the_models_is_refused_in_one_line(zoo_dir):
+    """Another model's tokenizer (ids past the vocabulary, a longer context), the raw transformers tokenizer
+    inside open_clip's wrapper, a callable without `context_length`: one line when handed over, not later."""
+    siglip, siglip_tokenizer, _ = family("ViT-B-16-SigLIP", zoo_dir)  # 64-token context, T5 vocabulary
+    clip, clip_tokenizer, _ = family("ViT-B-16", zoo_dir)
+    with pytest.raises(ValueError, match=r"tokenizer gives id \d+ .* token embeddings.*another model"):
+        pomp.load_backbone(siglip, tokenizer=clip_tokenizer)
+    with pytest.raises(ValueError, match="tokenizer gives 77 positions .* 64.*another model"):
+        pomp.load_backbone(siglip, tokenizer=lambda texts, context_length=77: clip_tokenizer(texts, context_length)
+                           .clamp(max=len(siglip_tokenizer.tokenizer) - 1))
+    with pytest.raises(ValueError, match="BatchEncoding.*open_clip.get_tokenizer"):
+        pomp.load_backbone(siglip, tokenizer=siglip_tokenizer.tokenizer)
+    with pytest.raises(ValueError, match="context_length"):
+        pomp.load_backbone(clip, tokenizer=lambda texts: clip_tokenizer(texts))
+    assert pomp.load_backbone(clip, tokenizer=clip_tokenizer).tokenizer is clip_tokenizer
+
+
+@pytest.mark.parametrize("wrap", ["DataParallel", "DistributedDataParallel", "torch.compile"])
+def test_wrapped_model_object_is_unwrapped(wrap, zoo_dir, monkeypatch):
+    """A model wrapped for training or compiled: pomp drives the open_clip model inside, as `.module` /
+    `._orig_mod` hold it (the wrapper's own forward is never what pomp calls)."""
+    model, tokenizer, _ = family("ViT-B-16", zoo_dir)
+    if wrap == "DataParallel":
+        wrapped = torch.nn.DataParallel(model)
+    elif wrap == "DistributedDataParallel":
+        import torch.distributed as dist
+
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        trainable = build_shrunk("ViT-B-16", zoo_dir)[0].requires_grad_(True)  # DDP wants parameters with grad
+        try:
+            wrapped = torch.nn.parallel.DistributedDataParallel(trainable)
+        finally:
+            dist.destroy_process_group()
+        model = trainable
+    else:
+        wrapped = torch.compile(model)
+    backbone = pomp.load_backbone(wrapped, tokenizer=tokenizer)
+    assert backbone.model is model and backbone.name == "CLIP" and backbone.identity["architecture"] == "CLIP"
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, ["cat"])
+    torch.testing.assert_close(ours, own_text_features(model, tokenizer, ["a photo of a cat."]), atol=ATOL, rtol=0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_what_is_not_a_model_is_named(zoo_dir, tiny_config):
+    """create_model_and_transforms' whole (model, preprocess, preprocess) tuple, a Path, another object."""
+    model, tokenizer, _ = family("ViT-B-16", zoo_dir)
+    with pytest.raises(ValueError, match=r"got a tuple .*create_model_and_transforms.*first element"):
+        pomp.load_backbone((model, None, None), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="expected a model name, a model-config path or an open_clip model object, "
+                                         "got dict"):
+        pomp.load_backbone({"model": model})
+    from pathlib import Path
+
+    assert pomp.load_backbone(Path(tiny_config)).name == tiny_config
+
+
 # --- the length boundary (issue 12, item 6) -------------------------------------------------------
 @pytest.mark.parametrize("name", ["ViT-B-16", "ViT-B-16-SigLIP", "ViT-L-14-worldwide", "roberta-ViT-B-32",
-                                  "ViT-L-14-CLIPA"])
+                                  "ViT-L-14-CLIPA", "ViT-B-16-SigLIP2", "nllb-clip-base",
+                                  "coca_ViT-B-32"])
 def test_exact_fit_is_accepted_and_one_more_word_is_refused(name, zoo_dir):
     model, tokenizer, backbone = family(name, zoo_dir)
     prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
@@ -398,3 +487,101 @@ def test_template_baselines_report_truncation(backbone):
     with pytest.raises(ValueError, match=r"in template '.*\{\}.*'"):
         # 70 words fit "a photo of a {}." exactly (77 tokens); longer templates cut them
         build_classifier(backbone, ["cat", " ".join(["a"] * 70)], baseline="ensemble", source="vocab.txt")
+
+
+# --- precision: open_clip's fp16/bf16 casts on every family ------------------------------------
+# (relative L2 error, minimum cosine per feature); looser in error than tests/test_precision.py: the shrunk
+# random timm towers give image features of ~1e-4, where fp16 has few significant bits left
+LOW_PRECISION_TOLERANCE = {"fp16": (0.05, 0.999), "bf16": (0.1, 0.99)}
+
+
+def assert_close_in_precision(got: torch.Tensor, reference: torch.Tensor, precision: str, what: str):
+    max_error, min_cosine = LOW_PRECISION_TOLERANCE[precision]
+    got, reference = got.float().flatten(1), reference.float().flatten(1)
+    error = float((got - reference).norm() / reference.norm())
+    cosine = float(F.cosine_similarity(got, reference, dim=-1).min())
+    assert error <= max_error and cosine >= min_cosine, (what, precision, error, cosine)
+
+
+# one family per route of open_clip's cast: timm towers (cast whole), Hugging Face text towers and CoCa
+# (cast in part); open_clip's own ViT is in tests/test_precision.py
+LOW_PRECISION_FAMILIES = ["timm-convnext", "siglip (t5, pad = eos, last-token pooling)", "hf-roberta", "hf-mt5",
+                          "hf-nllb (language code first)", "coca", "coca-roberta"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("name,has_dense", [FAMILIES[f] for f in LOW_PRECISION_FAMILIES], ids=LOW_PRECISION_FAMILIES)
+def test_family_in_low_precision(name, has_dense, precision, zoo_dir):
+    """open_clip's mixed cast (`precision="fp16"/"bf16"`) leaves some weights fp32 (Hugging Face embeddings
+    and norms, CoCa's pooler queries...): every encode path still runs, within tolerance of the fp32 model's
+    own `encode_text` / `encode_image` (same weights, cast after initialisation)."""
+    reference_model, tokenizer, reference = family(name, zoo_dir)
+    model, _ = build_shrunk(name, zoo_dir, precision=precision)
+    backbone = pomp.load_backbone(model, tokenizer=tokenizer)
+    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    with torch.no_grad():
+        ours = prompt.encode_class_features(backbone, CLASSES[:3])
+    texts = [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES[:3]]
+    assert_close_in_precision(ours, own_text_features(reference_model, tokenizer, texts), precision, "prompt")
+
+    random_prompt = Prompt.init(backbone, n_ctx=4, seed=1)
+    features = random_prompt.encode_class_features(backbone, CLASSES[:2])
+    (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
+    assert random_prompt.ctx.grad is not None and bool(torch.isfinite(random_prompt.ctx.grad).all())
+
+    size = backbone.image_spec.size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        image = backbone.encode_images(pixels)
+        assert_close_in_precision(image, reference_model.encode_image(pixels, normalize=False), precision, "images")
+        if has_dense:
+            dense = backbone.encode_dense_features(pixels)
+            assert_close_in_precision(dense.transpose(0, 1), reference.encode_dense_features(pixels).transpose(0, 1),
+                                      precision, "dense")
+
+
+def test_a_model_open_clips_mixed_cast_cannot_build_is_refused_at_load(tmp_path):
+    """open_clip's fp16/bf16 cast stops on a text projection that is a Linear layer (`proj_bias`): one line, at load."""
+    config = json.loads(open(TINY_CONFIG).read())
+    config["text_cfg"]["proj_bias"] = True
+    path = tmp_path / "linear-projection.json"
+    path.write_text(json.dumps(config))
+    assert pomp.load_backbone(str(path), precision="pure_bf16").encode_texts(["a cat."]).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"linear-projection\.json: open_clip cannot cast this model to bf16 .*pure_bf16"):
+        pomp.load_backbone(str(path), precision="bf16")
+
+
+def test_weights_precision_is_part_of_the_identity(tiny_config, tmp_path):
+    """describe() keys feature caches and result files: an fp16 tower's image features are not an fp32 tower's."""
+    from pomp.features import cache_key
+
+    full, half = pomp.load_backbone(tiny_config), pomp.load_backbone(tiny_config, precision="fp16")
+    assert "weights_dtype" not in full.describe()
+    assert half.describe()["weights_dtype"] == "float16+float32"  # open_clip's mixed cast keeps norms fp32
+    assert pomp.load_backbone(tiny_config, precision="pure_bf16").describe()["weights_dtype"] == "bfloat16"
+    from pomp.data.folder import ImageDataset, LabelledImages
+
+    images = ImageDataset(LabelledImages(tmp_path, [("a.png", 0)], ["a"]), full.eval_transform())
+    assert cache_key(full, images) != cache_key(half, images)
+
+
+# --- test-time preprocessing: the model's own ---------------------------------------------------
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
+def test_eval_transform_is_the_models_own_preprocessing(resize_mode, tiny_config):
+    """SigLIP, CLIPA, PE-Core and DFN-5B releases squash the image to the input size instead of cropping its
+    centre (open_clip's pretrained configs): pomp scores images as the model's own `preprocess` does."""
+    import numpy as np
+    from PIL import Image
+
+    open_clip.add_model_config(tiny_config)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "tiny-clip", image_resize_mode=resize_mode, image_interpolation="bicubic", image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5))
+    backbone = pomp.load_backbone(model, tokenizer=open_clip.get_tokenizer("tiny-clip"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 310, 3), dtype=np.uint8))
+    ours = backbone.eval_transform()(image)
+    torch.testing.assert_close(ours, preprocess(image))
+    if resize_mode == "squash":  # by hand: the whole image resized to 32 x 32, no crop
+        size = backbone.image_spec.size
+        by_hand = torch.from_numpy(np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255)
+        torch.testing.assert_close(ours, (by_hand.permute(2, 0, 1) - 0.5) / 0.5, atol=1e-6, rtol=0)

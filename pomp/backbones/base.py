@@ -145,6 +145,14 @@ class Backbone(nn.Module, ABC):
             "RoI-pooled region classification need; crop-and-encode region classification works without one"
         )
 
+    def check_dense_input(self, size: int) -> None:
+        """Raise before any image is read when dense features cannot be computed for `size` x `size` inputs.
+
+        NotImplementedError: the backbone has no dense path; ValueError: its image tower takes no such input.
+        """
+        if type(self).encode_dense_features is Backbone.encode_dense_features:
+            Backbone.encode_dense_features(self, None)  # the one message for a missing dense path
+
     @property
     @abstractmethod
     def image_spec(self) -> ImageSpec:
@@ -167,6 +175,11 @@ class Backbone(nn.Module, ABC):
         pad = self.tokenize([""], context_length=length + 1)[0, -1]
         fits = (wider[:, :length] == tokens).all(dim=1) & (wider[:, length] == pad)
         return tokens, fits
+
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[C]` bool: the text holds the pad token before its end, where the text tower would not read it as
+        the model reads the same ids (none by default; see `OpenCLIPBackbone`)."""
+        return torch.zeros(tokens.shape[0], dtype=torch.bool)
 
     def prompt_layout(self, n_ctx: int) -> PromptLayout:
         """Where `n_ctx` placeholders land in "P ... P <name>." for this tokenizer (see `PromptLayout`)."""
@@ -208,8 +221,12 @@ class Backbone(nn.Module, ABC):
         return next(self.parameters()).device
 
     def describe(self) -> dict:
-        """Identity of the backbone, stored in prompt and result files."""
-        return {
+        """Identity of the backbone, stored in prompt and result files and keying feature caches.
+
+        `weights_dtype` appears when the weights are not all float32 (e.g. "float16+float32" for
+        open_clip's mixed fp16 cast), so features computed at one precision are not taken for another's.
+        """
+        info = {
             "family": type(self).__name__,
             "name": self.name,
             "pretrained": self.pretrained,
@@ -217,6 +234,10 @@ class Backbone(nn.Module, ABC):
             "embed_dim": self.embed_dim,
             **(self.identity or {}),
         }
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.is_floating_point()})
+        if dtypes and dtypes != ["float32"]:
+            info["weights_dtype"] = "+".join(dtypes)
+        return info
 
     # What `pomp backbones NAME` prints beyond the layout; subclasses add their tower details.
     pooling: str = "unspecified"

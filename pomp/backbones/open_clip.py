@@ -14,6 +14,7 @@ import math
 import os
 import re
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -106,6 +107,9 @@ class TransformerTextPath:
         self.pad_mask = bool(getattr(text, "use_pad_mask", False)) if custom else False
         self.causal = text.attn_mask is not None
         self.width = int(text.token_embedding.weight.shape[1])
+        self.vocab_size = int(text.token_embedding.weight.shape[0])
+        # positions the token ids may fill (CoCa's class token takes one more)
+        self.max_length = int(text.positional_embedding.shape[0]) - (1 if self.cls_emb is not None else 0)
         self.fast_blocks = None if (self.cls_emb is not None or self.pad_mask) else fast_text_blocks(text)
 
     @property
@@ -205,6 +209,8 @@ class HFTextPath:
                              "so the attention mask of the text tower is undefined")
         self.pad_id = int(text.config.pad_token_id)
         self.width = int(self.encoder.get_input_embeddings().weight.shape[1])
+        self.vocab_size = int(self.encoder.get_input_embeddings().weight.shape[0])
+        self.max_length = None  # position limits are the Hugging Face model's own
         self._maskable = isinstance(text.pooler, (MeanPooler, ClsPooler, ClsLastHiddenStatePooler))
 
     @property
@@ -218,6 +224,13 @@ class HFTextPath:
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.get_input_embeddings()(tokens)
+
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A pad id before the last non-pad token: the model masks it out of attention and (RoBERTa, XLM-R,
+        NLLB) numbers positions from the ids, skipping it; from embeddings positions are consecutive."""
+        real = tokens != self.pad_id
+        after_last_real = real.flip(-1).cumsum(-1).flip(-1) == 0
+        return (~real & ~after_last_real).any(dim=-1)
 
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self._maskable:
@@ -258,6 +271,34 @@ def text_path_of(model: nn.Module, name: str):
                      "(supported: open_clip TextTransformer, Hugging Face encoders through HFTextEncoder)")
 
 
+def check_tokenizer(tokenizer, path, name: str) -> None:
+    """Refuse, in one line, a tokenizer pomp cannot drive or that is not this model's.
+
+    pomp calls `tokenizer(texts)` and `tokenizer(texts, context_length=L)` and expects `[N, L]` integer
+    ids (what `open_clip.get_tokenizer(name)` returns). Ids past the text tower's vocabulary, or more
+    positions than it has, mean another model's tokenizer (e.g. CLIP's with a SigLIP model).
+    """
+    probe = ["a photo of a cat."]
+    try:
+        tokens = tokenizer(probe)
+        if isinstance(tokens, torch.Tensor):
+            tokenizer(probe, context_length=int(tokens.shape[-1]) + 1)
+    except Exception as err:  # any failure of a foreign callable: its kind and first line, in ours
+        cause = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{name}: the tokenizer cannot be called as tokenizer(texts, context_length=...) "
+                         f"({type(err).__name__}: {cause}); give open_clip.get_tokenizer(...)'s") from None
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        kind = type(tokens).__name__ if not isinstance(tokens, torch.Tensor) else f"a {tokens.dim()}-d {tokens.dtype}"
+        raise ValueError(f"{name}: the tokenizer returns {kind}, not [N, L] token ids; give the open_clip "
+                         "tokenizer (open_clip.get_tokenizer(...), which wraps a transformers tokenizer)")
+    if int(tokens.max()) >= path.vocab_size:
+        raise ValueError(f"{name}: the tokenizer gives id {int(tokens.max())} but the text tower has "
+                         f"{path.vocab_size} token embeddings: the tokenizer of another model?")
+    if path.max_length is not None and tokens.shape[1] > path.max_length:
+        raise ValueError(f"{name}: the tokenizer gives {tokens.shape[1]} positions but the text tower has "
+                         f"{path.max_length}: the tokenizer of another model?")
+
+
 def _scalar(parameter: torch.Tensor | None) -> float | None:
     """A frozen scalar parameter's value (None for an absent or not-yet-materialised one)."""
     if parameter is None or parameter.is_meta:
@@ -294,12 +335,14 @@ class OpenCLIPBackbone(Backbone):
         self.name = name
         self.pretrained = pretrained
         self._path = text_path_of(model, name)
+        check_tokenizer(tokenizer, self._path, name)
         self.text_width = self._path.width
         self.embed_dim = joint_width(model, self._path, name)
         scale = _scalar(getattr(model, "logit_scale", None))
         self.logit_scale = math.exp(scale) if scale is not None else float("nan")
         self.logit_bias = _scalar(getattr(model, "logit_bias", None))
         self.causal = self._path.causal
+        self._autocast_dtype = mixed_low_precision(model, name)
         self.pooling = self._path.pooling
         self.dense_path = dense_path_of(model.visual)[0]
         if fast_text is None:
@@ -340,24 +383,46 @@ class OpenCLIPBackbone(Backbone):
     def sequence_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._path.sequence_lengths(tokens)
 
+    def padding_inside(self, tokens: torch.Tensor) -> torch.Tensor:
+        inside = getattr(self._path, "padding_inside", None)
+        return inside(tokens) if inside is not None else super().padding_inside(tokens)
+
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._path.embed(tokens)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         fast_run = (self._compiled_blocks or causal_blocks_forward) if self.uses_fast_text else None
-        return self._path.encode(embeddings, tokens.to(embeddings.device), fast_run)
+        with self._mixed_precision():
+            return self._path.encode(embeddings, tokens.to(embeddings.device), fast_run)
+
+    def _mixed_precision(self):
+        """Autocast to the low-precision dtype of a model whose weights mix it with fp32 (`mixed_low_precision`)."""
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     # --- image side --------------------------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         # fp16/bf16 weights (precision="fp16"/"bf16") take pixels of their own dtype, on CPU as on CUDA
-        return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)), normalize=False)
+        with self._mixed_precision():
+            return self.model.encode_image(pixels.to(_pixel_dtype(self.model.visual)), normalize=False)
 
     def encode_dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Per-location features `[B, embed_dim, h, w]` in the joint space; `dense_path` says which method."""
         path, reason = dense_path_of(self.model.visual)
         if path is None:
             raise NotImplementedError(f"{self.name}: no dense features: {reason}")
-        return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
+        with self._mixed_precision():
+            return _DENSE[type(self.model.visual).__name__](self.model.visual, pixels)
+
+    def check_dense_input(self, size: int) -> None:
+        path, reason = dense_path_of(self.model.visual)
+        if path is None:
+            raise NotImplementedError(f"{self.name}: no dense features: {reason}")
+        fixed = fixed_input_size(self.model.visual)
+        if fixed is not None and fixed != (size, size):
+            raise ValueError(f"{self.name}: its image tower (timm {type(self.model.visual.trunk).__name__}) takes "
+                             f"only {fixed[0]} x {fixed[1]} inputs, not {size} x {size}; leave --size out")
 
     @property
     def image_spec(self) -> ImageSpec:
@@ -371,6 +436,14 @@ class OpenCLIPBackbone(Backbone):
             interpolation=cfg.get("interpolation", "bicubic"),
             resize_mode=cfg.get("resize_mode") or "shortest",  # e.g. "squash" for DFN / SigLIP / CLIPA tags
         )
+
+    def eval_transform(self):
+        """The model's own test-time preprocessing, as open_clip builds it (`image_transform_v2`): resize mode
+        (shortest side + centre crop for CLIP; the whole image squashed to the input size for the SigLIP, CLIPA,
+        PE-Core and DFN-5B releases), interpolation, mean/std from the weights' pretrained config."""
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        return image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model)), is_train=False)
 
     def describe(self) -> dict:
         info = super().describe()
@@ -389,6 +462,9 @@ class OpenCLIPBackbone(Backbone):
         info["fast_causal_text_path"] = self.fast_text_supported
         if self.dense_path is None:
             info["dense_features"] = "none: " + dense_path_of(visual)[1]
+        else:
+            fixed = fixed_input_size(visual)
+            info["dense_input"] = f"{fixed[0]} x {fixed[1]} only" if fixed else "any size"
         return info
 
 
@@ -402,6 +478,22 @@ def joint_width(model: nn.Module, path, name: str) -> int:
     if visual is not None and int(visual) != width:
         raise ValueError(f"{name}: image features are {visual}-d but text features {width}-d")
     return width
+
+
+def mixed_low_precision(model: nn.Module, name: str) -> torch.dtype | None:
+    """fp16/bf16 when the model's weights mix it with fp32 (then every encode path autocasts to it), else None.
+
+    open_clip's `precision="fp16"/"bf16"` (OpenAI's mixed precision, `convert_weights_to_lp`) casts the
+    layers of its own towers (linear, convolution, attention, projections) and leaves everything else
+    fp32: a Hugging Face text tower's embeddings and norms, CoCa's pooler queries... Such towers would
+    multiply fp32 activations with fp16 weights. Under `torch.autocast` every matrix product runs in the
+    one low-precision dtype whichever tensors the cast reached. Models in one dtype need no autocast.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    low = dtypes & {torch.float16, torch.bfloat16}
+    if len(low) > 1:
+        raise ValueError(f"{name}: weights in both float16 and bfloat16; cast the model to one precision")
+    return next(iter(low)) if low and torch.float32 in dtypes else None
 
 
 def _pixel_dtype(visual: torch.nn.Module) -> torch.dtype:
@@ -551,6 +643,20 @@ def timm_dense_features(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.
     cells = fmap.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, channels)
     out = visual.head(trunk.forward_head(cells if nhwc else cells.permute(0, 3, 1, 2)))
     return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+
+
+def fixed_input_size(visual: nn.Module) -> tuple[int, int] | None:
+    """(H, W) when the image tower takes no other input size, else None.
+
+    timm's ViT-like and Swin trunks built without `dynamic_img_size` hold position embeddings (or
+    attention windows) for one input size and assert it; convolutional trunks, open_clip's own ViT
+    (pomp resizes its position embedding) and ModifiedResNet take any size.
+    """
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None or getattr(trunk, "dynamic_img_size", True):
+        return None
+    size = getattr(getattr(trunk, "patch_embed", None), "img_size", None) or visual.image_size
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
 def _token_grid(count: int, image: tuple[int, int]) -> tuple[int, int]:
@@ -794,6 +900,12 @@ def load_open_clip(
         if str(err).startswith("Failed to download weights"):
             raise _download_error(name_or_config, pretrained, err) from None
         raise
+    except AttributeError as err:
+        if precision not in ("fp16", "bf16"):
+            raise
+        # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
+        raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
+                         f"use pure_{precision} (every weight cast) or amp") from None
     finally:
         root_logger.removeFilter(_drop_replaced_logs)
     if from_file and plan.torchscript:
@@ -811,6 +923,26 @@ def load_open_clip(
     return backbone
 
 
+@contextmanager
+def _quiet_transformers():
+    """transformers' own load report (a table with terminal escape codes, e.g. the Hub's roberta-base pooler
+    that open_clip's text tower leaves out) and progress bars kept off the user's terminal while building."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _from_hub(model_name: str, part: str, build):
     """`build()`, with a Hub download that fails (offline, no network) said in one line naming the model."""
     cfg = open_clip.get_model_config(model_name) or {}
@@ -818,7 +950,8 @@ def _from_hub(model_name: str, part: str, build):
     hub = [r for r in (text_cfg.get("hf_tokenizer_name") if part == "tokenizer" else text_cfg.get("hf_model_name"),)
            if r and not Path(r).is_dir()]
     try:
-        return build()
+        with _quiet_transformers():
+            return build()
     except OSError as err:
         if not hub:
             raise
@@ -838,14 +971,15 @@ def load_open_clip_structure(name_or_config: str) -> OpenCLIPBackbone:
     """
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
-    if model_name not in open_clip.list_models():
+    schema = ":" in model_name  # hf-hub: / local-dir: carry their own config (and weights, not loaded here)
+    if model_name not in open_clip.list_models() and not schema:
         raise ValueError(f"unknown open_clip model {name_or_config!r} (not a built-in name or an existing "
                          ".json config)")
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
 
     def build():
         with torch.device("meta"):
-            return open_clip.create_model(model_name, device="meta", pretrained_text=False)
+            return open_clip.create_model(model_name, device="meta", pretrained_text=False, load_weights=False)
 
     model = _from_hub(model_name, "text tower", build)
     return OpenCLIPBackbone(model, tokenizer, name=str(name_or_config), pretrained=None)
@@ -863,8 +997,12 @@ def from_open_clip_model(
     `tokenizer`: what `open_clip.get_tokenizer(...)` returns for it (any callable taking a list of
     texts and an optional `context_length`, returning `[N, L]` token ids). The model is frozen in
     place (eval mode, no gradients) and moved to `device` when one is given. `name` defaults to the
-    model's class name; `pretrained` is recorded as given.
+    model's class name; `pretrained` is recorded as given. A model wrapped in `DataParallel` /
+    `DistributedDataParallel` (`.module`) or compiled by `torch.compile` (`._orig_mod`) is unwrapped:
+    pomp calls the open_clip model's own methods, never the wrapper's forward.
     """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
     if not isinstance(model, nn.Module) or not hasattr(model, "visual"):
         raise ValueError(f"expected an open_clip model (with .visual and a text tower), got {type(model).__name__}")
     if tokenizer is None:

@@ -240,13 +240,16 @@ def _timm_overrides(model_name: str | None):
         timm.create_model = original
 
 
-def build_shrunk(name: str, folder: str | Path, seed: int = 0) -> tuple[torch.nn.Module, object]:
-    """The open_clip model `name` shrunk, with random weights from `seed`, and its tokenizer (offline)."""
+def build_shrunk(name: str, folder: str | Path, seed: int = 0, precision: str = "fp32") -> tuple[torch.nn.Module, object]:
+    """The open_clip model `name` shrunk, with random weights from `seed`, and its tokenizer (offline).
+
+    `precision` is open_clip's (`fp16`/`bf16`: its mixed cast, `pure_*`: every weight cast), applied
+    after initialisation, so every precision holds the same weights."""
     cfg, tokenizer = shrunk_config(name, folder)
     overrides = {k: v for k, v in cfg.items() if k != "custom_text"}  # read from the built-in config itself
     with _timm_overrides(cfg["vision_cfg"].get("timm_model_name")), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None, **overrides)
+        model = open_clip.create_model(name, pretrained=None, precision=precision, **overrides)
     # timm towers and non-CLIP inits leave some parameters (e.g. a CLS embedding) at torch defaults;
     # that is the architecture's own init, kept as is.
     return model.eval(), tokenizer

@@ -74,19 +74,25 @@ def _classifier_runs(cfg) -> list[tuple[str, dict]]:
     return runs
 
 
-def _setup(cfg, config_name: str):
+def _setup(cfg, config_name: str, classnames: list[str], source: str, dense: bool):
+    """Everything that can refuse the run, before the config is written: prompt, backbone, the dense path
+    at the input size, every class text (one that does not fit the text context stops the run here)."""
     from pomp.backbones import load_backbone
+    from pomp.evaluate import build_classifier
 
+    runs = _classifier_runs(cfg)  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(cfg.out_dir)
-    runs = _classifier_runs(cfg)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
+    if dense:
+        backbone.check_dense_input(cfg.size or backbone.image_spec.size)
     device = backbone.device
     for _, kwargs in runs:
         if "prompt" in kwargs:
             kwargs["prompt"].check_compatible(backbone)
             kwargs["prompt"].to(device)
+    classifiers = [build_classifier(backbone, classnames, source=source, **kwargs) for _, kwargs in runs]
     atomic_write_json(out_dir / config_name, {**dataclasses.asdict(cfg), "backbone_info": backbone.describe()})
-    return out_dir, backbone, runs
+    return out_dir, backbone, runs, classifiers
 
 
 def _safe(label: str) -> str:
@@ -125,14 +131,11 @@ def results_markdown(records: list[dict], columns: list[str]) -> str:
 def run_segment(cfg: SegmentConfig) -> list[dict]:
     """Segment a VOC-layout split with each classifier; write records, overlays and the table."""
     from pomp.dense.segment import evaluate_segmentation, read_name_set, read_voc_split
-    from pomp.evaluate import build_classifier
 
     data = read_voc_split(cfg.data, cfg.split, cfg.classes)
     unseen = read_name_set(cfg.unseen)
-    out_dir, backbone, runs = _setup(cfg, "segment_config.json")
     source = str(cfg.classes or Path(cfg.data) / "classes.txt")
-    # every class text before any image: a class that does not fit the text context stops the run here
-    classifiers = [build_classifier(backbone, data.classnames, source=source, **kwargs) for _, kwargs in runs]
+    out_dir, backbone, runs, classifiers = _setup(cfg, "segment_config.json", data.classnames, source, dense=True)
     records = []
     for (label, kwargs), classifier in zip(runs, classifiers):
         run_dir = out_dir / _safe(label)
@@ -154,7 +157,6 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
     from pomp.dense.metrics import detection_metrics
     from pomp.dense.regions import METHODS, detect
     from pomp.dense.segment import read_name_set
-    from pomp.evaluate import build_classifier
 
     if cfg.method not in METHODS:
         raise ValueError(f"unknown region method {cfg.method!r}; choose from {METHODS}")
@@ -177,9 +179,8 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
             print(f"pomp detect: unseen classes without a category ignored: {extra}", file=sys.stderr)
         unseen = known
     classnames = [c["name"] for c in gt["categories"]]
-    out_dir, backbone, runs = _setup(cfg, "detect_config.json")
-    # every class text before any image: a class that does not fit the text context stops the run here
-    classifiers = [build_classifier(backbone, classnames, source=cfg.annotations, **kwargs) for _, kwargs in runs]
+    out_dir, backbone, runs, classifiers = _setup(cfg, "detect_config.json", classnames, cfg.annotations,
+                                                  dense=cfg.method == "roi")
     records = []
     for (label, kwargs), classifier in zip(runs, classifiers):
         detections, stats = detect(backbone, gt, cfg.images, classifier, proposals=proposals, method=cfg.method,
