@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     created = _new_output_dirs(args)
     try:
         return args.func(args)
-    except Interrupted as err:  # SIGTERM / SIGINT during pretrain: the message says what was saved
+    except Interrupted as err:  # SIGTERM, SIGINT, SIGHUP... during pretrain: the message says what was saved
         print(f"pomp {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pomp.backbones import Backbone, load_backbone
 from pomp.data.folder import (
+    STOP_SIGNALS,
     ImageDataset,
     LabelledImages,
     collate_skipping,
@@ -288,7 +289,8 @@ class Dist:
 
 
 class Interrupted(BaseException):
-    """The run stopped on SIGINT or SIGTERM; `exit_code` is 128 + the signal number (130, 143).
+    """The run stopped on one of `STOP_SIGNALS`; `exit_code` is 128 + the signal number (SIGINT 130,
+    SIGTERM 143, SIGHUP 129, SIGUSR1 138...).
 
     A BaseException (like KeyboardInterrupt): no `except Exception` on the way mistakes it for an error."""
 
@@ -313,14 +315,17 @@ def _stop_message(signum: int, step: int | None, total: int | None, checkpoint: 
 
 
 class StopOnSignal:
-    """SIGTERM (SLURM, torchrun, `kill`) and SIGINT (Ctrl-C) handling of a run.
+    """How a run answers the `STOP_SIGNALS` (Ctrl-C, SIGTERM of SLURM/torchrun/`kill`, a closed
+    terminal's SIGHUP, a scheduler's SIGUSR1/SIGUSR2 warning, SIGXCPU).
 
     While `deferred` (the training loop), a signal only records itself: the loop finishes the
     step, writes a checkpoint and stops. Otherwise (loading, caching features: nothing to save)
-    it raises `Interrupted` at once; so does a second Ctrl-C. Installed only in the main thread.
+    it raises `Interrupted` at once; so does a second Ctrl-C. Installed only in the main thread,
+    and only for signals not ignored when the run started: under `nohup` (SIGHUP) or as a
+    script's background job (SIGINT) the run keeps running, as the user asked.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.signum = 0
@@ -340,7 +345,8 @@ class StopOnSignal:
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -736,8 +742,9 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`.
 
     The out-dir is locked for the life of the run (`pomp.io.RunLock`, held by rank 0); a resume
-    continues only the same run (`check_resume`). SIGTERM/SIGINT finish the current step on every
-    rank, write a checkpoint and raise `Interrupted` (exit status 143 / 130 from the CLI).
+    continues only the same run (`check_resume`). SIGTERM, SIGINT, SIGHUP, SIGUSR1... (`StopOnSignal`)
+    finish the current step on every rank, write a checkpoint and raise `Interrupted` (exit status
+    128 + the signal number from the CLI: 143, 130, 129, 138...).
     """
     check_config(cfg)
     dist_info, device = init_distributed(cfg.device)

@@ -285,6 +285,72 @@ def test_signal_saves_the_step_and_resume_equals_an_uninterrupted_run(class_fold
     assert step_records(out) == list(range(48))
 
 
+def test_hangup_and_scheduler_warnings_save_like_sigterm(class_folders, tmp_path, capsys):
+    """A closed terminal (SIGHUP), SLURM's `--signal` / SGE's `-notify` warnings (SIGUSR1, SIGUSR2) and the
+    CPU-time limit (SIGXCPU) kill a process by default: each must finish the step and save instead."""
+    argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1000",
+                         "--log-every", "1", "--num-workers", "1")
+    assert main(argv) == 0
+    capsys.readouterr()
+    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
+
+    out = tmp_path / "stopped"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    steps_before = 0
+    for i, sig in enumerate((signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)):
+        proc = start(argv + (["--resume"] if i else []), tmp_path / "stderr.txt", start_new_session=True)
+        try:
+            wait_until(lambda: log_lines(out) >= steps_before + i + 3, proc, "training steps")  # + resume events
+            os.killpg(proc.pid, sig)  # the process group: the loader worker gets it too
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = (tmp_path / "stderr.txt").read_text()
+        assert rc == 128 + sig, err
+        step = read_checkpoint_state(out / "checkpoint.safetensors")["global_step"]
+        assert one_line(err, "pomp pretrain: ") == (
+            f"pomp pretrain: stopped by {sig.name} after step {step} of 48; checkpoint of step {step}: "
+            f"{out / 'checkpoint.safetensors'} (continue with --resume)")
+        assert step_records(out)[-1] == step - 1 and step < 48
+        steps_before = step
+    assert main(argv + ["--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
+    assert step_records(out) == list(range(48))
+
+
+@pytest.mark.parametrize("launch", ["nohup", "background job of a script"])
+def test_a_signal_ignored_at_start_stays_ignored(class_folders, tmp_path, launch):
+    """`nohup` ignores SIGHUP; a non-interactive shell starts `cmd &` with SIGINT ignored (so Ctrl-C on the
+    script spares it). A run started that way must keep running through that signal, as Python itself does."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "pomp.cli", *pretrain_argv(class_folders, out, "--batch-size", "1", "--epochs", "1",
+                                                             "--log-every", "1", "--num-workers", "1")]
+    if launch == "nohup":
+        command, sig = ["nohup", *argv], signal.SIGHUP
+    else:
+        command, sig = ["sh", "-c", " ".join(f"'{a}'" for a in argv) + " & wait"], signal.SIGINT
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        wait_until(lambda: log_lines(out) >= 3, proc, "training steps")
+        os.killpg(proc.pid, sig)  # the whole group, as a terminal does
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while not (out / "summary.json").exists() and (out / "run.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # `sh` itself may die of the SIGINT; the run it started goes on
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert json.loads((out / "summary.json").read_text())["finished"], err[-2000:]
+    assert "stopped by" not in err
+    assert step_records(out) == list(range(24))  # 6 classes x 4 shots, one image per step
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

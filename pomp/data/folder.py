@@ -464,11 +464,17 @@ def _high_depth_to_8bit(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+# Signals that ask a run to stop: Ctrl-C, a closed terminal (SIGHUP), `kill` and preemption by SLURM or
+# torchrun (SIGTERM), the warning a scheduler sends before a time limit (SLURM `--signal`, SGE `-notify`:
+# SIGUSR1/SIGUSR2) and the CPU-time limit (SIGXCPU). SIGQUIT (Ctrl-\) and SIGKILL keep their default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
+
+
 def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: SIGINT/SIGTERM are the main process's to handle (it stops the
-    workers); a worker killed by them would otherwise abort the step the main process is finishing."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`: the `STOP_SIGNALS` are the main process's to handle (it stops the
+    workers); a worker killed by one would otherwise abort the step the main process is finishing."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ImageDataset(Dataset):
