@@ -202,8 +202,7 @@ def publish_dir(final: str | Path, fill: Callable[[Path], None]) -> Path:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_temp_dirs(final.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
-                                    dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{process_tag()}.", suffix=".tmp", dir=final.parent))
         os.chmod(tmp, 0o777 & ~_umask())
         fill(tmp)
         for p in tmp.iterdir():
@@ -229,8 +228,15 @@ def publish_dir(final: str | Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
+def process_tag() -> str:
+    """`<host>.<pid>` of this process: a temporary folder named `.<name>.<host>.<pid>.<suffix>.tmp` is swept
+    by `remove_abandoned_temp_dirs` once that process is gone."""
+    return f"{_host()}.{os.getpid()}"
+
+
 def remove_abandoned_temp_dirs(directory: Path) -> None:
-    """Remove `publish_dir` temporaries of processes on this host that no longer run (killed mid-write)."""
+    """Remove temporary folders (`publish_dir`'s, feature parts) of processes on this host that no longer
+    run (killed mid-write): hidden folders named `.<name>.<host>.<pid>.<suffix>.tmp` (see `process_tag`)."""
     host = _host()
     for p in directory.glob(f".*.{host}.*.tmp"):
         parts = p.name[: -len(".tmp")].split(".")

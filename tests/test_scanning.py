@@ -392,3 +392,40 @@ def test_cache_key_follows_the_files(tmp_path, backbone, monkeypatch):
     assert computed == [1, 1]
     cached_image_features(cache, backbone, ImageDataset(one, backbone.eval_transform()), progress=False)
     assert computed == [1, 1]  # unchanged since: reused
+
+
+def test_two_feature_jobs_on_one_cache_folder_at_once(tmp_path, capsys, monkeypatch):
+    """`pomp features` twice at once into one cache folder (two terminals, a team disk): the first pauses
+    between writing its part and merging it while the second, a real process, runs to its end. Both
+    succeed, one complete cache is left, equal to features computed afresh, and no parts folder."""
+    import pomp
+    from pomp.train import Dist
+
+    data = make_class_folders(tmp_path / "data", num_classes=3, per_class=3)
+    weights = _tiny_weights(tmp_path / "w.pt", seed=3)  # both processes must hold the same weights
+    cache = tmp_path / "cache"
+    argv = ["features", "--backbone", TINY, "--pretrained", str(weights), "--data", str(data / "images"),
+            "--names", str(data / "names.txt"), "--out-dir", str(cache), "--device", "cpu", "--num-workers", "0",
+            "--no-progress"]
+    other = []
+
+    def barrier(self) -> None:  # the first job's own part is written: the other job runs now, start to end
+        if not other and list(cache.glob("images/.parts-*/rank0.npz")):
+            other.append(subprocess.run([sys.executable, "-m", "pomp.cli", *argv], cwd=REPO, env=ENV,
+                                        capture_output=True, text=True, timeout=120))
+
+    monkeypatch.setattr(Dist, "barrier", barrier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(argv)
+    assert other and other[0].returncode == 0, other and other[0].stderr[-2000:]
+    assert rc == 0, capsys.readouterr().err
+    entries = sorted((cache / "images").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith("."), entries  # one cache, no parts folder left
+
+    bb = pomp.load_backbone(TINY, str(weights))
+    images = scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    expected = compute_image_features(bb, ImageDataset(images, bb.eval_transform()), progress=False)
+    got = np.load(entries[0] / "features.npy")
+    torch.testing.assert_close(torch.from_numpy(got).float(), expected.features, atol=2e-3, rtol=0)  # float16
+    assert np.array_equal(np.load(entries[0] / "labels.npy"), expected.labels.numpy())
