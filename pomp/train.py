@@ -132,14 +132,17 @@ class PretrainConfig:
 
 
 # What `--resume` may change. Settings of how a run executes (not what it computes) change freely;
-# those in RESUME_WITH_PERMISSION only when named in --allow-change; every other setting, the
-# backbone's weights and the data must equal the checkpoint's run. Every change is recorded in
-# the checkpoint's and config.json's "resumes" history.
+# those in RESUME_WITH_PERMISSION only when named in --allow-change; the files and folders a run
+# reads (RESUME_BY_CONTENT) may move when what they hold is unchanged (`run_facts`: the backbone and
+# its weights, the class list, the training samples), as when a requeued job copies its data to a
+# node-local disk; every other setting, the backbone's weights and the data must equal the
+# checkpoint's run. Every change is recorded in the checkpoint's and config.json's "resumes" history.
 RESUME_FREE = frozenset({"out_dir", "resume", "allow_change", "num_workers", "progress", "log_every",
                          "checkpoint_every", "max_steps", "max_bad_steps", "feature_cache", "text_chunk_size",
                          "length_buckets", "compile", "validate"})
 RESUME_WITH_PERMISSION = frozenset({"epochs", "device"})
 _PATH_FIELDS = ("backbone", "pretrained", "train_root", "names", "split_file", "image_root", "train_classes")
+RESUME_BY_CONTENT = frozenset(_PATH_FIELDS)
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -577,21 +580,43 @@ def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
-    return {prefix + k: (saved.get(k), now.get(k)) for k in {**saved, **now} if saved.get(k) != now.get(k)}
+    """`{key: (saved, now)}` of the values that differ; within dicts on both sides, per sub-key (`backbone.weights.sha256`)."""
+    out = {}
+    for k in {**saved, **now}:
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out[prefix + k] = (a, b)
+    return out
+
+
+def comparable_facts(facts: dict) -> dict:
+    """`run_facts` as a resume compares them: the weights file's name says where the weights are, not
+    which (their sha256 and fingerprint do), so a copy under another name is the same backbone."""
+    backbone = dict(facts.get("backbone") or {})
+    if isinstance(backbone.get("weights"), dict):
+        backbone["weights"] = {k: v for k, v in backbone["weights"].items() if k != "file"}
+    return {**facts, "backbone": backbone}
 
 
 def _show(value) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= 60:
+        return text
+    return '"...' + text[-56:] if isinstance(value, str) else text[:57] + "..."  # paths differ at their end
 
 
-def check_resume(saved: dict, now: dict, allowed: set[str], checkpoint: Path) -> dict[str, tuple]:
+def check_resume(saved: dict, now: dict, allowed: set[str], checkpoint: Path,
+                 causes: dict[str, tuple] | None = None) -> dict[str, tuple]:
     """Differences between a checkpoint's run and this one: refused (ValueError listing each, one
-    line) unless every one is RESUME_FREE or named in `allowed`; returns the changes taken."""
+    line, after the `causes`: changed settings that explain them) unless every one is RESUME_FREE or
+    named in `allowed`; returns the changes taken."""
     changes = _differences(saved, now)
     refused = {k: v for k, v in changes.items() if k not in RESUME_FREE and k not in allowed}
     if refused:
-        listed = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in sorted(refused.items()))
+        listed = "; ".join(f"{k} {_show(a)} -> {_show(b)}"
+                           for k, (a, b) in [*sorted((causes or {}).items()), *sorted(refused.items())])
         hint = [k for k in refused if k in RESUME_WITH_PERMISSION]
         advice = (f"pass --allow-change {','.join(sorted(hint))} to accept" if hint and len(hint) == len(refused)
                   else "resume with the run's own settings, or start a new run in another --out-dir")
@@ -712,8 +737,9 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
             raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
                                   f"or choose another --out-dir")
         saved = read_checkpoint_state(checkpoint_path)
-        if "run" in saved:
-            check_resume(saved["run"]["settings"], run_settings(cfg), _allowed_changes(cfg), checkpoint_path)
+        if "run" in saved:  # moved files are accepted here and compared by content once loaded (`run_facts`)
+            check_resume(saved["run"]["settings"], run_settings(cfg), _allowed_changes(cfg) | RESUME_BY_CONTENT,
+                         checkpoint_path)
         else:
             warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; they cannot be "
                           f"compared with this run's", stacklevel=2)
@@ -829,8 +855,13 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
             changes = {}
             if "run" in saved:
                 changes = _differences(saved["run"]["settings"], run["settings"])
-                changes.update(check_resume(saved["run"]["facts"], run["facts"], _allowed_changes(cfg),
-                                            checkpoint_path))
+                moved = {k: v for k, v in changes.items() if k in RESUME_BY_CONTENT}
+                changes.update(check_resume(comparable_facts(saved["run"]["facts"]), comparable_facts(run["facts"]),
+                                            _allowed_changes(cfg), checkpoint_path, causes=moved))
+                if moved:
+                    listed = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(moved.items()))
+                    warnings.warn(f"--resume: {listed}: taken as the same run (the same backbone weights, class list "
+                                  f"and image file names; recorded in config.json 'resumes')", stacklevel=2)
             if saved["global_step"] > total_steps:
                 raise ValueError(f"{checkpoint_path}: the run is at step {saved['global_step']}, past the "
                                  f"{total_steps} steps of --epochs {cfg.epochs}")

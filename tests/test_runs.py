@@ -186,6 +186,53 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
     assert json.loads((out / "prompt.json").read_text())["resumes"] == config["resumes"]
 
 
+def _copy_tree(src: Path, dst: Path) -> None:
+    """`cp -r` as a job script copies data to a node-local disk: new files, new modification times."""
+    shutil.copytree(src, dst, copy_function=shutil.copy)
+
+
+def test_resume_from_a_moved_copy_of_the_data_and_weights_is_the_same_run(class_folders, tmp_path, capsys):
+    """A requeued SLURM job that copies its data and weights to node-local disk resumes with other paths:
+    the same run (same weights, class list, files), warned and recorded, ending bitwise where an
+    uninterrupted run ends. A copy that is not the same (a file missing, other weights) is refused."""
+    weights = other_weights(tmp_path / "weights.pt", seed=1)
+    full = [*pretrain_argv(class_folders, tmp_path / "full"), "--pretrained", str(weights), "--log-every", "1"]
+    assert main(full) == 0
+    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
+    out = tmp_path / "run"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in full]
+    assert main([*argv, "--max-steps", "5"]) == 0
+    capsys.readouterr()
+
+    node = tmp_path / "node-local"
+    _copy_tree(class_folders / "images", node / "images")
+    shutil.copy(class_folders / "names.txt", node / "names.txt")
+    shutil.copy(weights, node / "model.pt")
+    moved = pretrain_argv(node, out, "--pretrained", str(node / "model.pt"), "--log-every", "1")
+
+    # not the same: one training image missing from the copy, or other weights under the copy's name
+    first_train_image = json.loads((out / "split.json").read_text())["train"][0][0]
+    (node / "images" / first_train_image).rename(node / "images" / (first_train_image + ".moved"))
+    assert main([*moved, "--resume"]) == 2
+    assert "'train' images missing" in one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    (node / "images" / (first_train_image + ".moved")).rename(node / "images" / first_train_image)
+    other_weights(node / "model.pt", seed=2)
+    assert main([*moved, "--resume"]) == 2
+    line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    assert "; pretrained \"..." in line and "/weights.pt\" -> \"..." in line and "node-local/model.pt\"; " in line, line
+    assert "backbone_weights" in line, line
+    shutil.copy(weights, node / "model.pt")
+
+    with pytest.warns(UserWarning, match=r"--resume: --names .* -> .*; --pretrained .* -> .*model\.pt; --train-root "
+                                         r".* -> .*node-local/images: taken as the same run"):
+        assert main([*moved, "--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
+    assert step_records(out) == list(range(12))
+    changed = json.loads((out / "config.json").read_text())["resumes"][0]["changed"]
+    assert changed["train_root"] == [str(class_folders / "images"), str(node / "images")]
+    assert changed["pretrained"] == [str(weights), str(node / "model.pt")]
+
+
 def test_resume_with_nothing_to_resume_starts_a_new_run_and_says_so(class_folders, tmp_path):
     done = run_cli([*pretrain_argv(class_folders, tmp_path / "typo"), "--resume", "--max-steps", "1"])
     assert done.returncode == 0, done.stderr[-2000:]

@@ -393,8 +393,10 @@ def load_or_make_split(
         if saved_names != images.classnames:
             raise ValueError(f"{split_path}: saved split's class list differs from the dataset's "
                              f"({_first_difference(saved_names, images.classnames)})")
-        if saved is not None and saved != params:
-            diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params if saved.get(k) != params.get(k)]
+        # the root is where the images are, not which: a moved copy keeps its split (the files are checked above)
+        diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params
+                 if saved is not None and k != "root" and saved.get(k) != params.get(k)]
+        if diffs:
             raise ValueError(f"{split_path}: the saved split was made with other parameters ({'; '.join(diffs)})")
         return splits
     splits = few_shot_split(images, shots, val_per_class, seed)
