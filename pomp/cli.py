@@ -184,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
     from pomp.interop import load_any
-    from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.io import atomic_write_json, check_cache_dir, check_writable_dir
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
@@ -193,7 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompt = load_any(args.prompt) if args.prompt else None  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
-        check_writable_dir(args.feature_cache)
+        check_cache_dir(args.feature_cache)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     if prompt is not None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pomp.backbones.base import Backbone
 from pomp.data.folder import ImageDataset, collate_skipping, ignore_interrupts_in_worker
-from pomp.io import atomic_write, process_tag, publish_dir, read_json
+from pomp.io import atomic_write, check_writable_dir, process_tag, publish_dir, read_json
 
 
 @dataclass
@@ -187,16 +187,21 @@ def cached_image_features(
     **compute_kwargs,
 ) -> ImageFeatures:
     """Features from `cache_dir` when a cache of exactly this key is there, else computed (and
-    published there when a folder is given). Folders hold one sub-folder per key, so backbones,
-    transforms and datasets can share a cache folder."""
+    published there when a folder is given, then returned as read back: float16, as every later
+    reader gets them). Folders hold one sub-folder per key, so backbones, transforms and datasets
+    can share a cache folder."""
     key = cache_key(backbone, dataset, extra_key, compute_kwargs.get("precision", "bf16"))
     if cache_dir is not None:
         cached = load_feature_cache(cache_dir, key)
         if cached is not None:
             return cached
+        # a read-only (shared) cache folder serves what it holds; a miss is refused before computing
+        check_writable_dir(cache_dir, "feature cache folder holds no features of this backbone and data and")
     feats = compute_image_features(backbone, dataset, **compute_kwargs)
     if cache_dir is not None:
         save_feature_cache(cache_dir, feats, key)
+        # what every later reader gets (float16), so a run resumed from the cache trains on what it started on
+        feats = load_feature_cache(cache_dir, key)
     return feats
 
 

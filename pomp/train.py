@@ -57,6 +57,7 @@ from pomp.io import (
     atomic_write_json,
     atomic_write_safetensors,
     atomic_write_text,
+    check_cache_dir,
     check_writable_dir,
     read_json,
     read_json_lines,
@@ -729,7 +730,7 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
     (its settings checked against this run's), or None for a new run (leftovers removed)."""
     check_writable_dir(out_dir)
     if cfg.feature_cache:
-        check_writable_dir(cfg.feature_cache)
+        check_cache_dir(cfg.feature_cache)
     lock.acquire(command="pomp pretrain")
     remove_stale_temp_files(out_dir)  # temporaries of a killed run: never outputs
     if checkpoint_path.exists():

@@ -515,6 +515,65 @@ def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, caps
     assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
 
 
+def test_a_run_that_made_its_feature_cache_resumes_bitwise(class_folders, tmp_path, capsys):
+    """The first process of a run computes the cache, a resumed one reads it back: both must train on the
+    same (stored, float16) features, or the resumed run ends elsewhere than an uninterrupted one."""
+    full = pretrain_argv(class_folders, tmp_path / "full", "--feature-cache", str(tmp_path / "cache-full"))
+    assert main(full) == 0
+    stopped = pretrain_argv(class_folders, tmp_path / "stopped", "--feature-cache", str(tmp_path / "cache-stopped"))
+    assert main([*stopped, "--max-steps", "5"]) == 0
+    assert main([*stopped, "--resume"]) == 0
+    capsys.readouterr()
+    assert torch.equal(Prompt.load(tmp_path / "stopped" / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """`read_only_view(folder)`: the folder seen through a real read-only bind mount (needs root and `mount`)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a read-only bind mount needs root")
+    mounted = []
+
+    def make(folder: Path) -> Path:
+        view = tmp_path / f"{folder.name}-read-only"
+        view.mkdir()
+        for cmd in (["mount", "--bind", str(folder), str(view)], ["mount", "-o", "remount,ro,bind", str(view)]):
+            done = subprocess.run(cmd, capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.decode(errors='replace').strip()}")
+            if cmd[1] == "--bind":
+                mounted.append(view)
+        return view
+
+    yield make
+    for view in mounted:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
+
+
+def test_a_shared_read_only_feature_cache_is_used_and_a_miss_refused(class_folders, tmp_path, capsys,
+                                                                      read_only_view):
+    """A team's cache folder on a read-only mount: a run whose features it holds uses it as it is (the same
+    prompt as with the writable folder); one it does not hold is refused in one line before computing."""
+    cache = tmp_path / "cache"
+    argv = pretrain_argv(class_folders, tmp_path / "writer", "--feature-cache", str(cache), "--max-steps", "3")
+    assert main(argv) == 0
+    shared = read_only_view(cache)
+    assert not os.access(shared, os.W_OK) or subprocess.run(["touch", str(shared / "x")]).returncode != 0
+    reader = tmp_path / "reader"
+    assert main([a if a != str(tmp_path / "writer") else str(reader) for a in argv[:-4]]
+                + ["--feature-cache", str(shared), "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert torch.equal(Prompt.load(reader / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "writer" / "prompt.safetensors").ctx)
+
+    rc = main(["eval", "--backbone", TINY, "--data", str(class_folders / "images"), "--baseline", "single",
+               "--feature-cache", str(shared), "--out-dir", str(tmp_path / "eval"), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err, "pomp eval: error: ")
+    assert rc == 2 and line == (f"pomp eval: error: {shared / 'images'}: feature cache folder holds no features of "
+                                f"this backbone and data and is not writable (Read-only file system)"), line
+
+
 def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path, capsys, tiny_tmpfs):
     filler = _fill(tiny_tmpfs)
     names = str(class_folders / "names.txt")
