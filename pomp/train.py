@@ -568,6 +568,12 @@ def run_settings(cfg: PretrainConfig) -> dict:
     return settings
 
 
+def comparable_settings(settings: dict) -> dict:
+    """`run_settings` as a resume compares them: where the feature cache is may change (RESUME_FREE),
+    whether one is used may not: cached views are drawn once, the image tower's views every epoch."""
+    return {**settings, "feature_cache_used": bool(settings.get("feature_cache"))}
+
+
 def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
     """What the settings resolved to, which must also be equal on resume: the backbone (its weights
     included; its name and file are settings), the classes, the training samples, the processes
@@ -739,7 +745,8 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
                                   f"or choose another --out-dir")
         saved = read_checkpoint_state(checkpoint_path)
         if "run" in saved:  # moved files are accepted here and compared by content once loaded (`run_facts`)
-            check_resume(saved["run"]["settings"], run_settings(cfg), _allowed_changes(cfg) | RESUME_BY_CONTENT,
+            check_resume(comparable_settings(saved["run"]["settings"]), comparable_settings(run_settings(cfg)),
+                         _allowed_changes(cfg) | RESUME_BY_CONTENT,
                          checkpoint_path)
         else:
             warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; they cannot be "

@@ -155,6 +155,8 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
         (["--classes-per-step", "3", "--views", "1"], ["classes_per_step 4 -> 3", "views 2 -> 1"]),
         (["--epochs", "3"], ["epochs 2 -> 3", "--allow-change epochs"]),
         (["--pretrained", str(other_weights(tmp_path / "other.pt", seed=2))], ["pretrained"]),
+        # cached views are drawn once, the image tower's anew each epoch: another run, wherever the cache is
+        (["--feature-cache", str(tmp_path / "cache")], ["feature_cache_used false -> true"]),
     ]
     for extra, needles in refused:
         rc = main([*base, "--resume", "--max-steps", "4", *extra])
@@ -517,12 +519,15 @@ def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, caps
 
 def test_a_run_that_made_its_feature_cache_resumes_bitwise(class_folders, tmp_path, capsys):
     """The first process of a run computes the cache, a resumed one reads it back: both must train on the
-    same (stored, float16) features, or the resumed run ends elsewhere than an uninterrupted one."""
+    same (stored, float16) features, or the resumed run ends elsewhere than an uninterrupted one. Where
+    the cache folder is may change on resume (it moved here)."""
     full = pretrain_argv(class_folders, tmp_path / "full", "--feature-cache", str(tmp_path / "cache-full"))
     assert main(full) == 0
     stopped = pretrain_argv(class_folders, tmp_path / "stopped", "--feature-cache", str(tmp_path / "cache-stopped"))
     assert main([*stopped, "--max-steps", "5"]) == 0
-    assert main([*stopped, "--resume"]) == 0
+    shutil.move(tmp_path / "cache-stopped", tmp_path / "cache-moved")
+    assert main([*stopped, "--resume", "--feature-cache", str(tmp_path / "cache-moved")]) == 0
+    assert not (tmp_path / "cache-stopped").exists() and len(list((tmp_path / "cache-moved" / "train").iterdir())) == 1
     capsys.readouterr()
     assert torch.equal(Prompt.load(tmp_path / "stopped" / "prompt.safetensors").ctx,
                        Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
