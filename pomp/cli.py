@@ -470,6 +470,17 @@ def _new_output_dirs(args: argparse.Namespace) -> list[Path]:
     return [d for p in paths for d in missing_dirs(p)]
 
 
+# control characters (a macOS `Icon\r` file, ESC in a name from an archive) as escapes: a message stays
+# one line and never moves the terminal's cursor or colours it; tabs are left as they are
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable_line(text: str) -> str:
+    """`text` as one terminal-safe line: control characters and line separators escaped (`\\x0d`)."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def _one_line_warnings(command: str) -> None:
     """pomp's own warnings as `pomp CMD: warning: ...` lines (like its errors); others as Python shows them."""
     default = warnings.formatwarning
@@ -477,7 +488,7 @@ def _one_line_warnings(command: str) -> None:
 
     def format_warning(message, category, filename, lineno, line=None):
         if str(Path(filename).resolve()).startswith(package):
-            return f"pomp {command}: warning: {str(message).strip()}\n"
+            return f"pomp {command}: warning: {printable_line(str(message).strip())}\n"
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = format_warning
@@ -497,14 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Interrupted as err:  # SIGTERM, SIGINT, SIGHUP... during pretrain: the message says what was saved
-        print(f"pomp {args.command}: {err}", file=sys.stderr)
+        print(f"pomp {args.command}: {printable_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
         remove_empty_dirs(created)
         if os.environ.get("POMP_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"pomp {args.command}: error: {message}", file=sys.stderr)
+        message = str(err).strip().split("\n")[0] if str(err).strip() else type(err).__name__  # a library's advice
+        print(f"pomp {args.command}: error: {printable_line(message.strip())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         remove_empty_dirs(created)

@@ -178,6 +178,29 @@ def test_non_utf8_file_names_are_skipped_and_named(tmp_path, capsys):
     assert config["skipped_files"] == {"undecodable_names": 2} and config["num_train_images"] == 6
 
 
+def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path, capsys):
+    """macOS writes a folder's custom icon as a file named `Icon\\r`; archives can carry names holding ESC.
+    Messages naming them stay one line each, with the characters escaped, never sent to the terminal."""
+    data = make_class_folders(tmp_path / "data", num_classes=2, per_class=2)
+    (data / "images" / "Icon\r").write_bytes(b"")  # beside the class folders, as the Finder leaves it
+    (data / "images" / "c000" / "Icon\r").write_bytes(b"")
+    (data / "images" / "c001" / "\x1b[2Jwiped.txt").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "pomp.cli", "data", "split", "--train-root", str(data / "images"),
+                           "--shots", "1", "--val-per-class", "0", "--out", str(tmp_path / "split.json")],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    err = done.stderr
+    assert done.returncode == 0, err
+    lines = err.split("\n")
+    assert lines[-1] == "" and all(ch == "\t" or ch.isprintable() for line in lines for ch in line), repr(err)
+    skipped = [line for line in lines if "skipped" in line]
+    assert len(skipped) == 1 and "Icon\\x0d" in skipped[0], err
+
+    missing = str(tmp_path / "no\rsuch\x1b[31mfolder")
+    rc = main(["data", "split", "--train-root", missing, "--shots", "1", "--out", str(tmp_path / "s2.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"pomp data: error: {tmp_path}/no\\x0dsuch\\x1b[31mfolder: image folder not found\n"
+
+
 def test_json_outputs_hold_undecodable_names_as_escapes(tmp_path):
     from pomp.io import atomic_write_json, read_json
 
