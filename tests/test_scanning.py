@@ -262,6 +262,39 @@ def test_float_and_other_deep_modes_are_scaled_not_clipped(tmp_path):
     assert np.array_equal(got, np.round((depth.astype(np.float64) - 10.0) / 40.0 * 255.0).astype(np.uint8))
 
 
+def test_deep_tiffs_pil_misreads_equal_their_exact_8_bit_scaling(tmp_path):
+    """TIFFs as microscopes, scanners and scientific software write them (with tifffile, their usual writer):
+    PIL garbles 16-bit RGB stored plane by plane, keeps the high byte of 16-bit RGB, does not invert 16-bit
+    min-is-white, and cannot open float RGB. Each must equal the exact 8-bit scaling computed with numpy."""
+    tifffile = pytest.importorskip("tifffile")
+    ramp = np.arange(64 * 48, dtype=np.float64).reshape(64, 48) / (64 * 48 - 1)
+    rgb16 = np.round(np.stack([ramp, ramp[::-1], 1.0 - ramp.T.reshape(64, 48)], -1) * 65535).astype(np.uint16)
+    exact = np.round(rgb16.astype(np.float64) * 255.0 / 65535.0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb16, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", rgb16, photometric="rgb", compression="zlib", predictor=True)
+    for name in ("planar.tif", "contig.tif"):
+        assert np.array_equal(np.asarray(load_rgb(tmp_path / name)), exact), name
+
+    unit = (rgb16 / 65535.0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "float.tif", unit, photometric="rgb")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "float.tif")), np.round(unit * 255.0).astype(np.uint8))
+
+    tifffile.imwrite(tmp_path / "white.tif", rgb16[..., 0], photometric="miniswhite")  # 0 is white
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "white.tif"))[..., 1], 255 - exact[..., 0])
+
+    alpha = np.concatenate([rgb16, np.zeros((64, 48, 1), np.uint16)], -1)  # fully transparent
+    alpha[:32, :, 3] = 65535  # top half opaque
+    tifffile.imwrite(tmp_path / "alpha.tif", alpha, photometric="rgb", extrasamples=["unassalpha"])
+    out = np.asarray(load_rgb(tmp_path / "alpha.tif"))
+    assert np.array_equal(out[:32], exact[:32]) and (out[32:] == 255).all()
+
+    tifffile.imwrite(tmp_path / "turned.tif", rgb16, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "turned.tif")), np.rot90(exact, k=-1))  # 6: 90° clockwise
+
+    with open(tmp_path / "planar.tif", "rb") as f:  # shards hand over file objects
+        assert np.array_equal(np.asarray(load_rgb(io.BytesIO(f.read()))), exact)
+
+
 def test_transparency_is_composited_on_white(tmp_path):
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 0] = 255  # red under the transparent half
