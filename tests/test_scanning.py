@@ -201,6 +201,22 @@ def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path, cap
     assert rc == 2 and err == f"pomp data: error: {tmp_path}/no\\x0dsuch\\x1b[31mfolder: image folder not found\n"
 
 
+def test_folder_names_differing_only_in_case(tmp_path):
+    """A folder named `Cat` on macOS or Windows (case-insensitive) and `cat` in the names file: on Linux they
+    differ, and the refusal says so; two folders `Cat` and `cat` side by side are two classes."""
+    data = make_class_folders(tmp_path / "data", num_classes=2, per_class=2)
+    (data / "images" / "c000").rename(data / "images" / "Cat")
+    (data / "names.txt").write_text("cat\ttabby cat\nc001\tred fox\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"1 class folders have no name in the names file \(e\.g\. 'Cat', listed as "
+                                         r"'cat': folder names match with their case\)"):
+        scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    (data / "images" / "c001").rename(data / "images" / "cat")
+    (data / "names.txt").write_text("Cat\ttabby cat\ncat\tred fox\n", encoding="utf-8")
+    images = scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    assert images.classnames == ["tabby cat", "red fox"]
+    assert sorted({rel.split("/")[0] for rel, _ in images.samples}) == ["Cat", "cat"]
+
+
 def test_json_outputs_hold_undecodable_names_as_escapes(tmp_path):
     from pomp.io import atomic_write_json, read_json
 

@@ -72,7 +72,7 @@ SKIP_REASONS = {  # key in LabelledImages.skipped -> how a report names it
     "hidden": "hidden (dot) files or folders, macOS ._ files included",
     "system_folders": "system folders (__MACOSX...)",
     "symlinks_into_tree": "links back into the tree",
-    "not_images": "files of no image format PIL reads",
+    "not_images": "files whose extension names no image format PIL reads",
     "undecodable_names": "names that are not UTF-8",
     "not_regular_files": "broken links or special files",
     "unreadable_folders": "folders that cannot be listed",
@@ -224,8 +224,11 @@ def scan_class_folders(
         unknown = [f for key, f in by_nfc.items() if key not in wanted]
         missing = [key for key in names if _nfc(key) not in by_nfc]
         if unknown:
-            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file "
-                             f"(e.g. {unknown[0]!r})")
+            by_case = {key.casefold(): names_key for key, names_key in wanted.items()}
+            same_but_case = [(f, by_case[_nfc(f).casefold()]) for f in unknown if _nfc(f).casefold() in by_case]
+            example = (f"e.g. {same_but_case[0][0]!r}, listed as {same_but_case[0][1]!r}: folder names match with "
+                       f"their case" if same_but_case else f"e.g. {unknown[0]!r}")
+            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file ({example})")
         if missing:
             raise ValueError(f"{root}: names file lists {len(missing)} classes with no folder (e.g. {missing[0]!r})")
         folders = [by_nfc[_nfc(key)] for key in names]
