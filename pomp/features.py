@@ -201,7 +201,9 @@ def cached_image_features(
     if cache_dir is not None:
         save_feature_cache(cache_dir, feats, key)
         # what every later reader gets (float16), so a run resumed from the cache trains on what it started on
-        feats = load_feature_cache(cache_dir, key)
+        stored = load_feature_cache(cache_dir, key)
+        if stored is not None:
+            feats = stored
     return feats
 
 
