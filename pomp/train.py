@@ -587,7 +587,8 @@ def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
-    """`{key: (saved, now)}` of the values that differ; within dicts on both sides, per sub-key (`backbone.weights.sha256`)."""
+    """`{key: (saved, now)}` of the values that differ; within dicts on both sides, per sub-key
+    (`backbone.weights.sha256`)."""
     out = {}
     for k in {**saved, **now}:
         a, b = saved.get(k), now.get(k)

@@ -477,6 +477,8 @@ def tiff_to_rgb(source, fallback: Image.Image | None = None) -> Image.Image:
     try:
         with tifffile.TiffFile(source) as tif:
             page = tif.pages[0]
+            if page.imagewidth * page.imagelength > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{page.imagewidth}x{page.imagelength} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
             array, axes, photometric = page.asarray(), page.axes, int(page.photometric)
             extra = tuple(page.extrasamples or ())
             orientation = int(page.tags[274].value) if 274 in page.tags else 1
