@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -574,6 +574,21 @@ def comparable_settings(settings: dict) -> dict:
     return {**settings, "feature_cache_used": bool(settings.get("feature_cache"))}
 
 
+def legacy_settings(config_path: Path) -> dict:
+    """The settings a pomp older than stored settings in its checkpoint wrote to the run's config.json
+    (`asdict` of its config), as `comparable_settings`; {} when there is none. Left out: the paths (relative
+    to a folder not recorded, so compared by content only when a checkpoint stores its facts) and
+    `logit_scale` (that config.json held the resolved value)."""
+    try:
+        config = read_json(config_path)
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    names = {f.name for f in fields(PretrainConfig)} - {"resume", "logit_scale", *_PATH_FIELDS}
+    return comparable_settings({k: config[k] for k in names if k in config})
+
+
 def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
     """What the settings resolved to, which must also be equal on resume: the backbone (its weights
     included; its name and file are settings), the classes, the training samples, the processes
@@ -750,8 +765,14 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
                          _allowed_changes(cfg) | RESUME_BY_CONTENT,
                          checkpoint_path)
         else:
-            warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; they cannot be "
-                          f"compared with this run's", stacklevel=2)
+            legacy = legacy_settings(out_dir / "config.json")
+            if legacy:  # the recipe as that pomp recorded it at the run's start
+                now = comparable_settings(run_settings(cfg))
+                check_resume(legacy, {k: now.get(k) for k in legacy}, _allowed_changes(cfg) | RESUME_BY_CONTENT,
+                             checkpoint_path)
+            warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; "
+                          + ("they were compared with its config.json, its weights and data cannot be" if legacy
+                             else "they cannot be compared with this run's"), stacklevel=2)
         return saved
     if cfg.resume:
         warnings.warn(f"--resume: {out_dir} holds no checkpoint.safetensors, nothing to resume: starting a new run",

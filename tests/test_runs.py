@@ -235,6 +235,44 @@ def test_resume_from_a_moved_copy_of_the_data_and_weights_is_the_same_run(class_
     assert changed["pretrained"] == [str(weights), str(node / "model.pt")]
 
 
+def _as_written_before_stored_settings(out: Path) -> None:
+    """The run folder as pomp wrote it before checkpoints stored their settings (commit 53c69e5): the state
+    without `run`/`resumes` in the checkpoint header, config.json without the keys added since."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = out / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = json.loads(f.metadata()["state"])
+    old_keys = ("global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history")
+    save_file(tensors, str(path), metadata={"state": json.dumps({k: state[k] for k in old_keys})})
+    config = json.loads((out / "config.json").read_text())
+    for key in ("allow_change", "skipped_files", "resumes"):
+        config.pop(key)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def test_resume_of_a_run_from_before_stored_settings_checks_its_config(class_folders, tmp_path, capsys):
+    """A checkpoint of an older pomp has no settings; the config.json that pomp wrote at the run's start has
+    its recipe: a change is refused as for a new checkpoint, the same recipe resumes bitwise."""
+    argv = pretrain_argv(class_folders, tmp_path / "full")
+    assert main(argv) == 0
+    out = tmp_path / "old"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    assert main([*argv, "--max-steps", "5"]) == 0
+    _as_written_before_stored_settings(out)
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--lr", "0.5", "--views", "1"]) == 2
+    line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    assert "--resume would continue another run (lr 0.05 -> 0.5; views 2 -> 1)" in line, line
+    with pytest.warns(UserWarning, match="written by an older pomp without its settings; they were compared with "
+                                         "its config.json, its weights and data cannot be"):
+        assert main([*argv, "--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
+
+
 def test_resume_with_nothing_to_resume_starts_a_new_run_and_says_so(class_folders, tmp_path):
     done = run_cli([*pretrain_argv(class_folders, tmp_path / "typo"), "--resume", "--max-steps", "1"])
     assert done.returncode == 0, done.stderr[-2000:]
