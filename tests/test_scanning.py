@@ -501,3 +501,23 @@ def test_two_feature_jobs_on_one_cache_folder_at_once(tmp_path, capsys, monkeypa
     got = np.load(entries[0] / "features.npy")
     torch.testing.assert_close(torch.from_numpy(got).float(), expected.features, atol=2e-3, rtol=0)  # float16
     assert np.array_equal(np.load(entries[0] / "labels.npy"), expected.labels.numpy())
+
+
+def test_a_windows_zip_unpacked_by_python_is_named_as_such(tmp_path):
+    """Windows tools store `images\\cat\\1.jpg` (MS-DOS host, backslashes); Python's zipfile and
+    `shutil.unpack_archive` keep the backslashes in flat file names on Linux. The refusal says so."""
+    import zipfile
+
+    archive = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder in ("cat", "dog"):
+            for i in range(2):
+                info = zipfile.ZipInfo(f"images\\{folder}\\{i}.jpg")
+                info.create_system = 0  # MS-DOS/Windows, as Windows writes it
+                z.writestr(info, jpeg_bytes())
+    shutil.unpack_archive(archive, tmp_path / "unpacked")
+    assert sorted(p.name for p in (tmp_path / "unpacked").iterdir())[0] == "images\\cat\\0.jpg"  # flat files
+    with pytest.raises(ValueError, match=r"no images found \(skipped 4 entries: 4 files named with Windows paths "
+                                         r"\(`images\\cat\\1\.jpg`: a zip made on Windows, unpacked by Python's "
+                                         r"zipfile or shutil; `unzip` makes the folders\)"):
+        scan_class_folders(tmp_path / "unpacked")

@@ -77,6 +77,8 @@ SKIP_REASONS = {  # key in LabelledImages.skipped -> how a report names it
     "not_regular_files": "broken links or special files",
     "unreadable_folders": "folders that cannot be listed",
     "files_outside_class_folders": "files beside the class folders",
+    "windows_paths": "files named with Windows paths (`images\\cat\\1.jpg`: a zip made on Windows, unpacked by "
+                     "Python's zipfile or shutil; `unzip` makes the folders)",
 }
 
 
@@ -137,7 +139,8 @@ def _scandir(directory: Path, skipped: SkippedFiles) -> list[os.DirEntry]:
 
 def list_class_folders(root: str | Path, skipped: SkippedFiles | None = None) -> list[str]:
     """Sub-folder names of `root`, sorted: hidden and system folders, links back into the tree and
-    non-UTF-8 names are left out (counted in `skipped`), as are files beside the folders."""
+    non-UTF-8 names are left out (counted in `skipped`), as are files beside the folders (counted
+    apart when named with Windows paths: a Windows zip unpacked by Python, which keeps `\\`)."""
     root = Path(root)
     skipped = skipped if skipped is not None else SkippedFiles()
     tree_real = os.path.realpath(root)
@@ -149,7 +152,7 @@ def list_class_folders(root: str | Path, skipped: SkippedFiles | None = None) ->
         elif entry.is_dir():
             folders.append(entry.name)
         else:
-            skipped.add("files_outside_class_folders", entry.path)
+            skipped.add("windows_paths" if "\\" in entry.name else "files_outside_class_folders", entry.path)
     return sorted(folders)
 
 
