@@ -311,6 +311,24 @@ def test_deep_tiffs_pil_misreads_equal_their_exact_8_bit_scaling(tmp_path):
         assert np.array_equal(np.asarray(load_rgb(io.BytesIO(f.read()))), exact)
 
 
+def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_not_skipped(tmp_path):
+    """A 108-megapixel phone photo or a large scan is a readable image, not a decompression bomb: JPEGs
+    over the limit are decoded by libjpeg at 1/2 (1/4, 1/8), with no PIL bomb warning. (Other formats
+    over the limit stay refused: tests/test_reliability.py, decompression bombs.)"""
+    side = 9500  # 90 Mpx: over pomp's 8192 x 8192 and over PIL's warning threshold
+    image = Image.new("RGB", (side, side), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, side // 2, side))  # blue left half, red right half
+    image.save(tmp_path / "big.jpg", quality=95)
+    del image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load_rgb(tmp_path / "big.jpg")
+    assert out.size == (side // 2, side // 2)
+    pixels = np.asarray(out).astype(int)
+    assert np.abs(pixels[:, : side // 4 - 8] - (30, 30, 200)).max() <= 3
+    assert np.abs(pixels[:, side // 4 + 8 :] - (200, 30, 30)).max() <= 3
+
+
 def test_transparency_is_composited_on_white(tmp_path):
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 0] = 255  # red under the transparent half

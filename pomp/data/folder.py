@@ -429,12 +429,16 @@ def load_rgb(path) -> Image.Image:
     """
     try:
         try:
-            img = Image.open(path)
+            with warnings.catch_warnings():  # our own pixel limit applies below (PIL still refuses over 2x its own)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
         except UnidentifiedImageError:
             if _is_tiff(path):
                 return tiff_to_rgb(path)
             raise
         with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS and img.format == "JPEG":
+                _decode_jpeg_smaller(img)  # a 108-megapixel phone photo or a large scan: decoded at 1/2..1/8
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
             if _pil_misreads_tiff(img):
@@ -442,6 +446,15 @@ def load_rgb(path) -> Image.Image:
             return to_rgb(img)
     except Exception as err:  # UnidentifiedImageError, OSError, DecompressionBombError, EOFError, struct.error...
         raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def _decode_jpeg_smaller(img: Image.Image) -> None:
+    """Have the JPEG decoder scale by the smallest of 1/2, 1/4, 1/8 that brings `img` within
+    `MAX_IMAGE_PIXELS` (libjpeg's DCT scaling: no full-size image in memory); a no-op if none does."""
+    for scale in (2, 4, 8):
+        if (img.width // scale) * (img.height // scale) <= MAX_IMAGE_PIXELS:
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-img.width // scale), -(-img.height // scale)))
+            return
 
 
 def _is_tiff(source) -> bool:
