@@ -183,7 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.features import cached_image_features
     from pomp.interop import load_any
-    from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.io import atomic_write_json, check_cache_dir, check_writable_dir
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
@@ -192,7 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompt = load_any(args.prompt) if args.prompt else None  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
-        check_writable_dir(args.feature_cache)
+        check_cache_dir(args.feature_cache)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     device = backbone.device
     if prompt is not None:
@@ -471,6 +471,17 @@ def _new_output_dirs(args: argparse.Namespace) -> list[Path]:
     return [d for p in paths for d in missing_dirs(p)]
 
 
+# control characters (a macOS `Icon\r` file, ESC in a name from an archive) as escapes: a message stays
+# one line and never moves the terminal's cursor or colours it; tabs are left as they are
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable_line(text: str) -> str:
+    """`text` as one terminal-safe line: control characters and line separators escaped (`\\x0d`)."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def _one_line_warnings(command: str) -> None:
     """pomp's own warnings as `pomp CMD: warning: ...` lines (like its errors); others as Python shows them."""
     default = warnings.formatwarning
@@ -478,7 +489,7 @@ def _one_line_warnings(command: str) -> None:
 
     def format_warning(message, category, filename, lineno, line=None):
         if str(Path(filename).resolve()).startswith(package):
-            return f"pomp {command}: warning: {str(message).strip()}\n"
+            return f"pomp {command}: warning: {printable_line(str(message).strip())}\n"
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = format_warning
@@ -497,15 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     created = _new_output_dirs(args)
     try:
         return args.func(args)
-    except Interrupted as err:  # SIGTERM / SIGINT during pretrain: the message says what was saved
-        print(f"pomp {args.command}: {err}", file=sys.stderr)
+    except Interrupted as err:  # SIGTERM, SIGINT, SIGHUP... during pretrain: the message says what was saved
+        print(f"pomp {args.command}: {printable_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
         remove_empty_dirs(created)
         if os.environ.get("POMP_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"pomp {args.command}: error: {message}", file=sys.stderr)
+        message = str(err).strip().split("\n")[0] if str(err).strip() else type(err).__name__  # a library's advice
+        print(f"pomp {args.command}: error: {printable_line(message.strip())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         remove_empty_dirs(created)

@@ -93,7 +93,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from pomp.data.imagenet21k import resolve_names
     from pomp.data.transforms import MultiView, train_transform
     from pomp.features import extract_image_features
-    from pomp.io import check_writable_dir
+    from pomp.io import check_writable_dir, process_tag
     from pomp.train import init_distributed
 
     if not args.data and not (args.split_file or args.train_root):
@@ -122,9 +122,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         if not args.augment and args.views == 1:
             aug = backbone.eval_transform()
         jobs.append((out / "train", ImageDataset(train, aug, seed=args.seed), {"seed": args.seed, "views": args.views}))
+    job = dist_info.on_main(process_tag, share=True)  # names this extraction's parts folder on every rank
     for cache_dir, dataset, extra in jobs:
         feats = extract_image_features(cache_dir, backbone, dataset, extra, dist_info.rank, dist_info.world,
-                                       barrier=dist_info.barrier, batch_size=args.batch_size,
+                                       barrier=dist_info.barrier, job=job, batch_size=args.batch_size,
                                        num_workers=args.num_workers, precision=args.precision,
                                        progress=args.progress and dist_info.main, desc=f"{cache_dir.name} features")
         if dist_info.main:

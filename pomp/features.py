@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pomp.backbones.base import Backbone
 from pomp.data.folder import ImageDataset, collate_skipping, ignore_interrupts_in_worker
-from pomp.io import atomic_write, publish_dir, read_json
+from pomp.io import atomic_write, check_writable_dir, process_tag, publish_dir, read_json
 
 
 @dataclass
@@ -187,22 +187,31 @@ def cached_image_features(
     **compute_kwargs,
 ) -> ImageFeatures:
     """Features from `cache_dir` when a cache of exactly this key is there, else computed (and
-    published there when a folder is given). Folders hold one sub-folder per key, so backbones,
-    transforms and datasets can share a cache folder."""
+    published there when a folder is given, then returned as read back: float16, as every later
+    reader gets them). Folders hold one sub-folder per key, so backbones, transforms and datasets
+    can share a cache folder."""
     key = cache_key(backbone, dataset, extra_key, compute_kwargs.get("precision", "bf16"))
     if cache_dir is not None:
         cached = load_feature_cache(cache_dir, key)
         if cached is not None:
             return cached
+        # a read-only (shared) cache folder serves what it holds; a miss is refused before computing
+        check_writable_dir(cache_dir, "feature cache folder holds no features of this backbone and data and")
     feats = compute_image_features(backbone, dataset, **compute_kwargs)
     if cache_dir is not None:
         save_feature_cache(cache_dir, feats, key)
+        # what every later reader gets (float16), so a run resumed from the cache trains on what it started on
+        stored = load_feature_cache(cache_dir, key)
+        if stored is not None:
+            feats = stored
     return feats
 
 
 # --- extraction split across ranks -------------------------------------------------------------
-def _parts_dir(cache_dir: Path, world: int, key: dict) -> Path:
-    return cache_dir / f".parts-{_entry(cache_dir, key).name}-of{world}"
+def _parts_dir(cache_dir: Path, world: int, key: dict, job: str | None) -> Path:
+    """The parts of one extraction job (`job`: rank 0's `process_tag()`, the same on every rank), so two
+    jobs computing the same cache at once never read or remove each other's parts; swept once rank 0 is gone."""
+    return cache_dir / f".parts-{_entry(cache_dir, key).name}-of{world}.{job or process_tag()}.parts.tmp"
 
 
 @torch.no_grad()
@@ -218,10 +227,12 @@ def compute_feature_part(
     precision: str = "bf16",
     progress: bool = True,
     desc: str = "image features",
+    job: str | None = None,
 ) -> Path:
     """Rank `rank` of `world`: features of images `rank, rank + world, ...` (each with its global index, so
     seeded augmentation matches a single-process run) written to
-    `cache_dir/.parts-<key hash>-of<world>/rank<r>.npz` (key: `cache_key` with `extra_key`)."""
+    `cache_dir/.parts-<key hash>-of<world>.<job>.parts.tmp/rank<r>.npz` (key: `cache_key` with `extra_key`;
+    `job`: the same string on every rank of one extraction, default this process's `process_tag()`)."""
     from torch.utils.data import Subset
 
     loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size,
@@ -243,7 +254,7 @@ def compute_feature_part(
             "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
             "skipped": np.array(skipped)}
     key = cache_key(backbone, dataset, extra_key, precision)
-    path = _parts_dir(Path(cache_dir), world, key) / f"rank{rank}.npz"
+    path = _parts_dir(Path(cache_dir), world, key, job) / f"rank{rank}.npz"
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
@@ -252,10 +263,11 @@ def compute_feature_part(
     return atomic_write(path, write)
 
 
-def merge_feature_parts(cache_dir: str | Path, world: int, key: dict) -> ImageFeatures:
-    """Rank 0: join the `world` parts in image order into one cache (`save_feature_cache`), remove the parts."""
+def merge_feature_parts(cache_dir: str | Path, world: int, key: dict, job: str | None = None) -> ImageFeatures:
+    """Rank 0: join the `world` parts of `job` in image order into one cache (`save_feature_cache`), remove
+    the parts."""
     cache_dir = Path(cache_dir)
-    parts_dir = _parts_dir(cache_dir, world, key)
+    parts_dir = _parts_dir(cache_dir, world, key, job)
     paths = [parts_dir / f"rank{r}.npz" for r in range(world)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -288,20 +300,24 @@ def extract_image_features(
     rank: int = 0,
     world: int = 1,
     barrier=lambda: None,
+    job: str | None = None,
     **compute_kwargs,
 ) -> ImageFeatures | None:
     """`cached_image_features` split across ranks: every rank encodes every world-th image, rank 0 merges
     them into one cache under the same key, so `cached_image_features` (eval, cached-feature training)
-    reuses it. An existing matching cache is reused as is. Call on every rank; returns the cache, or
-    None on ranks other than 0 when `barrier` does not synchronise (one-process simulation)."""
+    reuses it. An existing matching cache is reused as is. Call on every rank with the same `job` (rank
+    0's `process_tag()`; the default suits one process); returns the cache, or None on ranks other than
+    0 when `barrier` does not synchronise (one-process simulation). Jobs running at once on one cache
+    folder each work in their own parts folder (those of killed jobs are swept when a cache is
+    published); the first to publish wins, the others' equal caches are dropped."""
     cache_dir = Path(cache_dir)
     key = cache_key(backbone, dataset, extra_key, compute_kwargs.get("precision", "bf16"))
     existing = load_feature_cache(cache_dir, key)
     if existing is not None:
         return existing
-    compute_feature_part(cache_dir, backbone, dataset, rank, world, extra_key, **compute_kwargs)
+    compute_feature_part(cache_dir, backbone, dataset, rank, world, extra_key, job=job, **compute_kwargs)
     barrier()
     if rank == 0:
-        merge_feature_parts(cache_dir, world, key)
+        merge_feature_parts(cache_dir, world, key, job)
     barrier()
     return load_feature_cache(cache_dir, key)

@@ -202,8 +202,7 @@ def publish_dir(final: str | Path, fill: Callable[[Path], None]) -> Path:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_temp_dirs(final.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
-                                    dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{process_tag()}.", suffix=".tmp", dir=final.parent))
         os.chmod(tmp, 0o777 & ~_umask())
         fill(tmp)
         for p in tmp.iterdir():
@@ -229,8 +228,15 @@ def publish_dir(final: str | Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
+def process_tag() -> str:
+    """`<host>.<pid>` of this process: a temporary folder named `.<name>.<host>.<pid>.<suffix>.tmp` is swept
+    by `remove_abandoned_temp_dirs` once that process is gone."""
+    return f"{_host()}.{os.getpid()}"
+
+
 def remove_abandoned_temp_dirs(directory: Path) -> None:
-    """Remove `publish_dir` temporaries of processes on this host that no longer run (killed mid-write)."""
+    """Remove temporary folders (`publish_dir`'s, feature parts) of processes on this host that no longer
+    run (killed mid-write): hidden folders named `.<name>.<host>.<pid>.<suffix>.tmp` (see `process_tag`)."""
     host = _host()
     for p in directory.glob(f".*.{host}.*.tmp"):
         parts = p.name[: -len(".tmp")].split(".")
@@ -271,8 +277,9 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
-def check_writable_dir(path: str | Path) -> Path:
-    """Create `path` if needed and prove a file can be written there, before any long work starts."""
+def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create `path` if needed and prove a file can be written there, before any long work starts;
+    `PermissionError` `<path>: <what> is not writable (<reason>)` otherwise."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -286,8 +293,20 @@ def check_writable_dir(path: str | Path) -> Path:
             os.unlink(probe)
     except OSError as err:
         reason = "it is not a directory" if path.exists() and not path.is_dir() else (err.strerror or str(err))
-        raise PermissionError(f"{path}: output directory is not writable ({reason})") from None
+        raise PermissionError(f"{path}: {what} is not writable ({reason})") from None
     return path
+
+
+def check_cache_dir(path: str | Path) -> Path:
+    """A cache folder before any work: writable (created if needed), or else an existing folder that can
+    be read, such as a team's shared cache mounted read-only: its entries are used as they are, and a
+    miss is refused (`check_writable_dir`) before anything would be computed into it."""
+    try:
+        return check_writable_dir(path)
+    except PermissionError:
+        if Path(path).is_dir() and os.access(path, os.R_OK | os.X_OK):
+            return Path(path)
+        raise
 
 
 def missing_dirs(path: str | Path) -> list[Path]:

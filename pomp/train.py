@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pomp.backbones import Backbone, load_backbone
 from pomp.data.folder import (
+    STOP_SIGNALS,
     ImageDataset,
     LabelledImages,
     collate_skipping,
@@ -56,6 +57,7 @@ from pomp.io import (
     atomic_write_json,
     atomic_write_safetensors,
     atomic_write_text,
+    check_cache_dir,
     check_writable_dir,
     read_json,
     read_json_lines,
@@ -131,14 +133,17 @@ class PretrainConfig:
 
 
 # What `--resume` may change. Settings of how a run executes (not what it computes) change freely;
-# those in RESUME_WITH_PERMISSION only when named in --allow-change; every other setting, the
-# backbone's weights and the data must equal the checkpoint's run. Every change is recorded in
-# the checkpoint's and config.json's "resumes" history.
+# those in RESUME_WITH_PERMISSION only when named in --allow-change; the files and folders a run
+# reads (RESUME_BY_CONTENT) may move when what they hold is unchanged (`run_facts`: the backbone and
+# its weights, the class list, the training samples), as when a requeued job copies its data to a
+# node-local disk; every other setting, the backbone's weights and the data must equal the
+# checkpoint's run. Every change is recorded in the checkpoint's and config.json's "resumes" history.
 RESUME_FREE = frozenset({"out_dir", "resume", "allow_change", "num_workers", "progress", "log_every",
                          "checkpoint_every", "max_steps", "max_bad_steps", "feature_cache", "text_chunk_size",
                          "length_buckets", "compile", "validate"})
 RESUME_WITH_PERMISSION = frozenset({"epochs", "device"})
 _PATH_FIELDS = ("backbone", "pretrained", "train_root", "names", "split_file", "image_root", "train_classes")
+RESUME_BY_CONTENT = frozenset(_PATH_FIELDS)
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -288,7 +293,8 @@ class Dist:
 
 
 class Interrupted(BaseException):
-    """The run stopped on SIGINT or SIGTERM; `exit_code` is 128 + the signal number (130, 143).
+    """The run stopped on one of `STOP_SIGNALS`; `exit_code` is 128 + the signal number (SIGINT 130,
+    SIGTERM 143, SIGHUP 129, SIGUSR1 138...).
 
     A BaseException (like KeyboardInterrupt): no `except Exception` on the way mistakes it for an error."""
 
@@ -313,14 +319,17 @@ def _stop_message(signum: int, step: int | None, total: int | None, checkpoint: 
 
 
 class StopOnSignal:
-    """SIGTERM (SLURM, torchrun, `kill`) and SIGINT (Ctrl-C) handling of a run.
+    """How a run answers the `STOP_SIGNALS` (Ctrl-C, SIGTERM of SLURM/torchrun/`kill`, a closed
+    terminal's SIGHUP, a scheduler's SIGUSR1/SIGUSR2 warning, SIGXCPU).
 
     While `deferred` (the training loop), a signal only records itself: the loop finishes the
     step, writes a checkpoint and stops. Otherwise (loading, caching features: nothing to save)
-    it raises `Interrupted` at once; so does a second Ctrl-C. Installed only in the main thread.
+    it raises `Interrupted` at once; so does a second Ctrl-C. Installed only in the main thread,
+    and only for signals not ignored when the run started: under `nohup` (SIGHUP) or as a
+    script's background job (SIGINT) the run keeps running, as the user asked.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.signum = 0
@@ -340,7 +349,8 @@ class StopOnSignal:
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -558,6 +568,27 @@ def run_settings(cfg: PretrainConfig) -> dict:
     return settings
 
 
+def comparable_settings(settings: dict) -> dict:
+    """`run_settings` as a resume compares them: where the feature cache is may change (RESUME_FREE),
+    whether one is used may not: cached views are drawn once, the image tower's views every epoch."""
+    return {**settings, "feature_cache_used": bool(settings.get("feature_cache"))}
+
+
+def legacy_settings(config_path: Path) -> dict:
+    """The settings a pomp older than stored settings in its checkpoint wrote to the run's config.json
+    (`asdict` of its config), as `comparable_settings`; {} when there is none. Left out: the paths (relative
+    to a folder not recorded, so compared by content only when a checkpoint stores its facts) and
+    `logit_scale` (that config.json held the resolved value)."""
+    try:
+        config = read_json(config_path)
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    names = {f.name for f in fields(PretrainConfig)} - {"resume", "logit_scale", *_PATH_FIELDS}
+    return comparable_settings({k: config[k] for k in names if k in config})
+
+
 def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
     """What the settings resolved to, which must also be equal on resume: the backbone (its weights
     included; its name and file are settings), the classes, the training samples, the processes
@@ -571,21 +602,44 @@ def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
-    return {prefix + k: (saved.get(k), now.get(k)) for k in {**saved, **now} if saved.get(k) != now.get(k)}
+    """`{key: (saved, now)}` of the values that differ; within dicts on both sides, per sub-key
+    (`backbone.weights.sha256`)."""
+    out = {}
+    for k in {**saved, **now}:
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out[prefix + k] = (a, b)
+    return out
+
+
+def comparable_facts(facts: dict) -> dict:
+    """`run_facts` as a resume compares them: the weights file's name says where the weights are, not
+    which (their sha256 and fingerprint do), so a copy under another name is the same backbone."""
+    backbone = dict(facts.get("backbone") or {})
+    if isinstance(backbone.get("weights"), dict):
+        backbone["weights"] = {k: v for k, v in backbone["weights"].items() if k != "file"}
+    return {**facts, "backbone": backbone}
 
 
 def _show(value) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= 60:
+        return text
+    return '"...' + text[-56:] if isinstance(value, str) else text[:57] + "..."  # paths differ at their end
 
 
-def check_resume(saved: dict, now: dict, allowed: set[str], checkpoint: Path) -> dict[str, tuple]:
+def check_resume(saved: dict, now: dict, allowed: set[str], checkpoint: Path,
+                 causes: dict[str, tuple] | None = None) -> dict[str, tuple]:
     """Differences between a checkpoint's run and this one: refused (ValueError listing each, one
-    line) unless every one is RESUME_FREE or named in `allowed`; returns the changes taken."""
+    line, after the `causes`: changed settings that explain them) unless every one is RESUME_FREE or
+    named in `allowed`; returns the changes taken."""
     changes = _differences(saved, now)
     refused = {k: v for k, v in changes.items() if k not in RESUME_FREE and k not in allowed}
     if refused:
-        listed = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in sorted(refused.items()))
+        listed = "; ".join(f"{k} {_show(a)} -> {_show(b)}"
+                           for k, (a, b) in [*sorted((causes or {}).items()), *sorted(refused.items())])
         hint = [k for k in refused if k in RESUME_WITH_PERMISSION]
         advice = (f"pass --allow-change {','.join(sorted(hint))} to accept" if hint and len(hint) == len(refused)
                   else "resume with the run's own settings, or start a new run in another --out-dir")
@@ -698,7 +752,7 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
     (its settings checked against this run's), or None for a new run (leftovers removed)."""
     check_writable_dir(out_dir)
     if cfg.feature_cache:
-        check_writable_dir(cfg.feature_cache)
+        check_cache_dir(cfg.feature_cache)
     lock.acquire(command="pomp pretrain")
     remove_stale_temp_files(out_dir)  # temporaries of a killed run: never outputs
     if checkpoint_path.exists():
@@ -706,11 +760,19 @@ def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lo
             raise FileExistsError(f"{checkpoint_path}: a run already exists here; pass --resume to continue it "
                                   f"or choose another --out-dir")
         saved = read_checkpoint_state(checkpoint_path)
-        if "run" in saved:
-            check_resume(saved["run"]["settings"], run_settings(cfg), _allowed_changes(cfg), checkpoint_path)
+        if "run" in saved:  # moved files are accepted here and compared by content once loaded (`run_facts`)
+            check_resume(comparable_settings(saved["run"]["settings"]), comparable_settings(run_settings(cfg)),
+                         _allowed_changes(cfg) | RESUME_BY_CONTENT,
+                         checkpoint_path)
         else:
-            warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; they cannot be "
-                          f"compared with this run's", stacklevel=2)
+            legacy = legacy_settings(out_dir / "config.json")
+            if legacy:  # the recipe as that pomp recorded it at the run's start
+                now = comparable_settings(run_settings(cfg))
+                check_resume(legacy, {k: now.get(k) for k in legacy}, _allowed_changes(cfg) | RESUME_BY_CONTENT,
+                             checkpoint_path)
+            warnings.warn(f"{checkpoint_path}: written by an older pomp without its settings; "
+                          + ("they were compared with its config.json, its weights and data cannot be" if legacy
+                             else "they cannot be compared with this run's"), stacklevel=2)
         return saved
     if cfg.resume:
         warnings.warn(f"--resume: {out_dir} holds no checkpoint.safetensors, nothing to resume: starting a new run",
@@ -736,8 +798,9 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     """Run (or resume) pre-training; returns a summary. Writes everything under `cfg.out_dir`.
 
     The out-dir is locked for the life of the run (`pomp.io.RunLock`, held by rank 0); a resume
-    continues only the same run (`check_resume`). SIGTERM/SIGINT finish the current step on every
-    rank, write a checkpoint and raise `Interrupted` (exit status 143 / 130 from the CLI).
+    continues only the same run (`check_resume`). SIGTERM, SIGINT, SIGHUP, SIGUSR1... (`StopOnSignal`)
+    finish the current step on every rank, write a checkpoint and raise `Interrupted` (exit status
+    128 + the signal number from the CLI: 143, 130, 129, 138...).
     """
     check_config(cfg)
     dist_info, device = init_distributed(cfg.device)
@@ -822,8 +885,13 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
             changes = {}
             if "run" in saved:
                 changes = _differences(saved["run"]["settings"], run["settings"])
-                changes.update(check_resume(saved["run"]["facts"], run["facts"], _allowed_changes(cfg),
-                                            checkpoint_path))
+                moved = {k: v for k, v in changes.items() if k in RESUME_BY_CONTENT}
+                changes.update(check_resume(comparable_facts(saved["run"]["facts"]), comparable_facts(run["facts"]),
+                                            _allowed_changes(cfg), checkpoint_path, causes=moved))
+                if moved:
+                    listed = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(moved.items()))
+                    warnings.warn(f"--resume: {listed}: taken as the same run (the same backbone weights, class list "
+                                  f"and image file names; recorded in config.json 'resumes')", stacklevel=2)
             if saved["global_step"] > total_steps:
                 raise ValueError(f"{checkpoint_path}: the run is at step {saved['global_step']}, past the "
                                  f"{total_steps} steps of --epochs {cfg.epochs}")

@@ -155,6 +155,8 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
         (["--classes-per-step", "3", "--views", "1"], ["classes_per_step 4 -> 3", "views 2 -> 1"]),
         (["--epochs", "3"], ["epochs 2 -> 3", "--allow-change epochs"]),
         (["--pretrained", str(other_weights(tmp_path / "other.pt", seed=2))], ["pretrained"]),
+        # cached views are drawn once, the image tower's anew each epoch: another run, wherever the cache is
+        (["--feature-cache", str(tmp_path / "cache")], ["feature_cache_used false -> true"]),
     ]
     for extra, needles in refused:
         rc = main([*base, "--resume", "--max-steps", "4", *extra])
@@ -184,6 +186,91 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"event"' in line]
     assert events == [{"event": "resume", **config["resumes"][0]}]
     assert json.loads((out / "prompt.json").read_text())["resumes"] == config["resumes"]
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """`cp -r` as a job script copies data to a node-local disk: new files, new modification times."""
+    shutil.copytree(src, dst, copy_function=shutil.copy)
+
+
+def test_resume_from_a_moved_copy_of_the_data_and_weights_is_the_same_run(class_folders, tmp_path, capsys):
+    """A requeued SLURM job that copies its data and weights to node-local disk resumes with other paths:
+    the same run (same weights, class list, files), warned and recorded, ending bitwise where an
+    uninterrupted run ends. A copy that is not the same (a file missing, other weights) is refused."""
+    weights = other_weights(tmp_path / "weights.pt", seed=1)
+    full = [*pretrain_argv(class_folders, tmp_path / "full"), "--pretrained", str(weights), "--log-every", "1"]
+    assert main(full) == 0
+    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
+    out = tmp_path / "run"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in full]
+    assert main([*argv, "--max-steps", "5"]) == 0
+    capsys.readouterr()
+
+    node = tmp_path / "node-local"
+    _copy_tree(class_folders / "images", node / "images")
+    shutil.copy(class_folders / "names.txt", node / "names.txt")
+    shutil.copy(weights, node / "model.pt")
+    moved = pretrain_argv(node, out, "--pretrained", str(node / "model.pt"), "--log-every", "1")
+
+    # not the same: one training image missing from the copy, or other weights under the copy's name
+    first_train_image = json.loads((out / "split.json").read_text())["train"][0][0]
+    (node / "images" / first_train_image).rename(node / "images" / (first_train_image + ".moved"))
+    assert main([*moved, "--resume"]) == 2
+    assert "'train' images missing" in one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    (node / "images" / (first_train_image + ".moved")).rename(node / "images" / first_train_image)
+    other_weights(node / "model.pt", seed=2)
+    assert main([*moved, "--resume"]) == 2
+    line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    assert "; pretrained \"..." in line and "/weights.pt\" -> \"..." in line and "node-local/model.pt\"; " in line, line
+    assert "backbone_weights" in line, line
+    shutil.copy(weights, node / "model.pt")
+
+    with pytest.warns(UserWarning, match=r"--resume: --names .* -> .*; --pretrained .* -> .*model\.pt; --train-root "
+                                         r".* -> .*node-local/images: taken as the same run"):
+        assert main([*moved, "--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
+    assert step_records(out) == list(range(12))
+    changed = json.loads((out / "config.json").read_text())["resumes"][0]["changed"]
+    assert changed["train_root"] == [str(class_folders / "images"), str(node / "images")]
+    assert changed["pretrained"] == [str(weights), str(node / "model.pt")]
+
+
+def _as_written_before_stored_settings(out: Path) -> None:
+    """The run folder as pomp wrote it before checkpoints stored their settings (commit 53c69e5): the state
+    without `run`/`resumes` in the checkpoint header, config.json without the keys added since."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = out / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = json.loads(f.metadata()["state"])
+    old_keys = ("global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history")
+    save_file(tensors, str(path), metadata={"state": json.dumps({k: state[k] for k in old_keys})})
+    config = json.loads((out / "config.json").read_text())
+    for key in ("allow_change", "skipped_files", "resumes"):
+        config.pop(key)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def test_resume_of_a_run_from_before_stored_settings_checks_its_config(class_folders, tmp_path, capsys):
+    """A checkpoint of an older pomp has no settings; the config.json that pomp wrote at the run's start has
+    its recipe: a change is refused as for a new checkpoint, the same recipe resumes bitwise."""
+    argv = pretrain_argv(class_folders, tmp_path / "full")
+    assert main(argv) == 0
+    out = tmp_path / "old"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    assert main([*argv, "--max-steps", "5"]) == 0
+    _as_written_before_stored_settings(out)
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--lr", "0.5", "--views", "1"]) == 2
+    line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    assert "--resume would continue another run (lr 0.05 -> 0.5; views 2 -> 1)" in line, line
+    with pytest.warns(UserWarning, match="written by an older pomp without its settings; they were compared with "
+                                         "its config.json, its weights and data cannot be"):
+        assert main([*argv, "--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
 
 
 def test_resume_with_nothing_to_resume_starts_a_new_run_and_says_so(class_folders, tmp_path):
@@ -283,6 +370,72 @@ def test_signal_saves_the_step_and_resume_equals_an_uninterrupted_run(class_fold
     assert main(argv + ["--resume"]) == 0
     assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
     assert step_records(out) == list(range(48))
+
+
+def test_hangup_and_scheduler_warnings_save_like_sigterm(class_folders, tmp_path, capsys):
+    """A closed terminal (SIGHUP), SLURM's `--signal` / SGE's `-notify` warnings (SIGUSR1, SIGUSR2) and the
+    CPU-time limit (SIGXCPU) kill a process by default: each must finish the step and save instead."""
+    argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1000",
+                         "--log-every", "1", "--num-workers", "1")
+    assert main(argv) == 0
+    capsys.readouterr()
+    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
+
+    out = tmp_path / "stopped"
+    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    steps_before = 0
+    for i, sig in enumerate((signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)):
+        proc = start(argv + (["--resume"] if i else []), tmp_path / "stderr.txt", start_new_session=True)
+        try:
+            wait_until(lambda: log_lines(out) >= steps_before + i + 3, proc, "training steps")  # + resume events
+            os.killpg(proc.pid, sig)  # the process group: the loader worker gets it too
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = (tmp_path / "stderr.txt").read_text()
+        assert rc == 128 + sig, err
+        step = read_checkpoint_state(out / "checkpoint.safetensors")["global_step"]
+        assert one_line(err, "pomp pretrain: ") == (
+            f"pomp pretrain: stopped by {sig.name} after step {step} of 48; checkpoint of step {step}: "
+            f"{out / 'checkpoint.safetensors'} (continue with --resume)")
+        assert step_records(out)[-1] == step - 1 and step < 48
+        steps_before = step
+    assert main(argv + ["--resume"]) == 0
+    assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
+    assert step_records(out) == list(range(48))
+
+
+@pytest.mark.parametrize("launch", ["nohup", "background job of a script"])
+def test_a_signal_ignored_at_start_stays_ignored(class_folders, tmp_path, launch):
+    """`nohup` ignores SIGHUP; a non-interactive shell starts `cmd &` with SIGINT ignored (so Ctrl-C on the
+    script spares it). A run started that way must keep running through that signal, as Python itself does."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "pomp.cli", *pretrain_argv(class_folders, out, "--batch-size", "1", "--epochs", "1",
+                                                             "--log-every", "1", "--num-workers", "1")]
+    if launch == "nohup":
+        command, sig = ["nohup", *argv], signal.SIGHUP
+    else:
+        command, sig = ["sh", "-c", " ".join(f"'{a}'" for a in argv) + " & wait"], signal.SIGINT
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        wait_until(lambda: log_lines(out) >= 3, proc, "training steps")
+        os.killpg(proc.pid, sig)  # the whole group, as a terminal does
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while not (out / "summary.json").exists() and (out / "run.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # `sh` itself may die of the SIGINT; the run it started goes on
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert json.loads((out / "summary.json").read_text())["finished"], err[-2000:]
+    assert "stopped by" not in err
+    assert step_records(out) == list(range(24))  # 6 classes x 4 shots, one image per step
 
 
 def _free_port() -> int:
@@ -400,6 +553,68 @@ def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, caps
     filler.unlink()  # space again: the run resumes from the last good checkpoint, ending where it would have
     assert main(argv + ["--resume"]) == 0
     assert torch.equal(Prompt.load(out / "prompt.safetensors").ctx, expected)
+
+
+def test_a_run_that_made_its_feature_cache_resumes_bitwise(class_folders, tmp_path, capsys):
+    """The first process of a run computes the cache, a resumed one reads it back: both must train on the
+    same (stored, float16) features, or the resumed run ends elsewhere than an uninterrupted one. Where
+    the cache folder is may change on resume (it moved here)."""
+    full = pretrain_argv(class_folders, tmp_path / "full", "--feature-cache", str(tmp_path / "cache-full"))
+    assert main(full) == 0
+    stopped = pretrain_argv(class_folders, tmp_path / "stopped", "--feature-cache", str(tmp_path / "cache-stopped"))
+    assert main([*stopped, "--max-steps", "5"]) == 0
+    shutil.move(tmp_path / "cache-stopped", tmp_path / "cache-moved")
+    assert main([*stopped, "--resume", "--feature-cache", str(tmp_path / "cache-moved")]) == 0
+    assert not (tmp_path / "cache-stopped").exists() and len(list((tmp_path / "cache-moved" / "train").iterdir())) == 1
+    capsys.readouterr()
+    assert torch.equal(Prompt.load(tmp_path / "stopped" / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """`read_only_view(folder)`: the folder seen through a real read-only bind mount (needs root and `mount`)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a read-only bind mount needs root")
+    mounted = []
+
+    def make(folder: Path) -> Path:
+        view = tmp_path / f"{folder.name}-read-only"
+        view.mkdir()
+        for cmd in (["mount", "--bind", str(folder), str(view)], ["mount", "-o", "remount,ro,bind", str(view)]):
+            done = subprocess.run(cmd, capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.decode(errors='replace').strip()}")
+            if cmd[1] == "--bind":
+                mounted.append(view)
+        return view
+
+    yield make
+    for view in mounted:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
+
+
+def test_a_shared_read_only_feature_cache_is_used_and_a_miss_refused(class_folders, tmp_path, capsys,
+                                                                      read_only_view):
+    """A team's cache folder on a read-only mount: a run whose features it holds uses it as it is (the same
+    prompt as with the writable folder); one it does not hold is refused in one line before computing."""
+    cache = tmp_path / "cache"
+    argv = pretrain_argv(class_folders, tmp_path / "writer", "--feature-cache", str(cache), "--max-steps", "3")
+    assert main(argv) == 0
+    shared = read_only_view(cache)
+    assert not os.access(shared, os.W_OK) or subprocess.run(["touch", str(shared / "x")]).returncode != 0
+    reader = tmp_path / "reader"
+    assert main([a if a != str(tmp_path / "writer") else str(reader) for a in argv[:-4]]
+                + ["--feature-cache", str(shared), "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert torch.equal(Prompt.load(reader / "prompt.safetensors").ctx,
+                       Prompt.load(tmp_path / "writer" / "prompt.safetensors").ctx)
+
+    rc = main(["eval", "--backbone", TINY, "--data", str(class_folders / "images"), "--baseline", "single",
+               "--feature-cache", str(shared), "--out-dir", str(tmp_path / "eval"), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err, "pomp eval: error: ")
+    assert rc == 2 and line == (f"pomp eval: error: {shared / 'images'}: feature cache folder holds no features of "
+                                f"this backbone and data and is not writable (Read-only file system)"), line
 
 
 def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path, capsys, tiny_tmpfs):

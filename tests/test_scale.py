@@ -57,7 +57,7 @@ def test_feature_parts_merge_into_the_readers_cache(backbone, class_folders, tmp
     assert merged.features.shape == single.features.shape == (36, 2, backbone.embed_dim)
     assert torch.equal(merged.labels, single.labels)
     torch.testing.assert_close(merged.features.float(), single.features.float(), atol=2e-3, rtol=0)  # float16 cache
-    assert not list((tmp_path / "split").glob(".parts-*"))
+    assert not list((tmp_path / "split").glob(".parts-*"))  # merged parts removed
     monkeypatch.setattr("pomp.features.compute_image_features", _no_compute)
     reread = cached_image_features(tmp_path / "split", backbone, ImageDataset(images, aug, seed=7), extra)
     assert torch.equal(reread.features, merged.features.half())

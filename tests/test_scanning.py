@@ -178,6 +178,45 @@ def test_non_utf8_file_names_are_skipped_and_named(tmp_path, capsys):
     assert config["skipped_files"] == {"undecodable_names": 2} and config["num_train_images"] == 6
 
 
+def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path, capsys):
+    """macOS writes a folder's custom icon as a file named `Icon\\r`; archives can carry names holding ESC.
+    Messages naming them stay one line each, with the characters escaped, never sent to the terminal."""
+    data = make_class_folders(tmp_path / "data", num_classes=2, per_class=2)
+    (data / "images" / "Icon\r").write_bytes(b"")  # beside the class folders, as the Finder leaves it
+    (data / "images" / "c000" / "Icon\r").write_bytes(b"")
+    (data / "images" / "c001" / "\x1b[2Jwiped.txt").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "pomp.cli", "data", "split", "--train-root", str(data / "images"),
+                           "--shots", "1", "--val-per-class", "0", "--out", str(tmp_path / "split.json")],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    err = done.stderr
+    assert done.returncode == 0, err
+    lines = err.split("\n")
+    assert lines[-1] == "" and all(ch == "\t" or ch.isprintable() for line in lines for ch in line), repr(err)
+    skipped = [line for line in lines if "skipped" in line]
+    assert len(skipped) == 1 and "Icon\\x0d" in skipped[0], err
+
+    missing = str(tmp_path / "no\rsuch\x1b[31mfolder")
+    rc = main(["data", "split", "--train-root", missing, "--shots", "1", "--out", str(tmp_path / "s2.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"pomp data: error: {tmp_path}/no\\x0dsuch\\x1b[31mfolder: image folder not found\n"
+
+
+def test_folder_names_differing_only_in_case(tmp_path):
+    """A folder named `Cat` on macOS or Windows (case-insensitive) and `cat` in the names file: on Linux they
+    differ, and the refusal says so; two folders `Cat` and `cat` side by side are two classes."""
+    data = make_class_folders(tmp_path / "data", num_classes=2, per_class=2)
+    (data / "images" / "c000").rename(data / "images" / "Cat")
+    (data / "names.txt").write_text("cat\ttabby cat\nc001\tred fox\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"1 class folders have no name in the names file \(e\.g\. 'Cat', listed as "
+                                         r"'cat': folder names match with their case\)"):
+        scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    (data / "images" / "c001").rename(data / "images" / "cat")
+    (data / "names.txt").write_text("Cat\ttabby cat\ncat\tred fox\n", encoding="utf-8")
+    images = scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    assert images.classnames == ["tabby cat", "red fox"]
+    assert sorted({rel.split("/")[0] for rel, _ in images.samples}) == ["Cat", "cat"]
+
+
 def test_json_outputs_hold_undecodable_names_as_escapes(tmp_path):
     from pomp.io import atomic_write_json, read_json
 
@@ -237,6 +276,57 @@ def test_float_and_other_deep_modes_are_scaled_not_clipped(tmp_path):
     got = np.asarray(load_rgb(tmp_path / "depth.tif"))[..., 0]
     assert got.min() == 0 and got.max() == 255
     assert np.array_equal(got, np.round((depth.astype(np.float64) - 10.0) / 40.0 * 255.0).astype(np.uint8))
+
+
+def test_deep_tiffs_pil_misreads_equal_their_exact_8_bit_scaling(tmp_path):
+    """TIFFs as microscopes, scanners and scientific software write them (with tifffile, their usual writer):
+    PIL garbles 16-bit RGB stored plane by plane, keeps the high byte of 16-bit RGB, does not invert 16-bit
+    min-is-white, and cannot open float RGB. Each must equal the exact 8-bit scaling computed with numpy."""
+    tifffile = pytest.importorskip("tifffile")
+    ramp = np.arange(64 * 48, dtype=np.float64).reshape(64, 48) / (64 * 48 - 1)
+    rgb16 = np.round(np.stack([ramp, ramp[::-1], 1.0 - ramp.T.reshape(64, 48)], -1) * 65535).astype(np.uint16)
+    exact = np.round(rgb16.astype(np.float64) * 255.0 / 65535.0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb16, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", rgb16, photometric="rgb", compression="zlib", predictor=True)
+    for name in ("planar.tif", "contig.tif"):
+        assert np.array_equal(np.asarray(load_rgb(tmp_path / name)), exact), name
+
+    unit = (rgb16 / 65535.0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "float.tif", unit, photometric="rgb")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "float.tif")), np.round(unit * 255.0).astype(np.uint8))
+
+    tifffile.imwrite(tmp_path / "white.tif", rgb16[..., 0], photometric="miniswhite")  # 0 is white
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "white.tif"))[..., 1], 255 - exact[..., 0])
+
+    alpha = np.concatenate([rgb16, np.zeros((64, 48, 1), np.uint16)], -1)  # fully transparent
+    alpha[:32, :, 3] = 65535  # top half opaque
+    tifffile.imwrite(tmp_path / "alpha.tif", alpha, photometric="rgb", extrasamples=["unassalpha"])
+    out = np.asarray(load_rgb(tmp_path / "alpha.tif"))
+    assert np.array_equal(out[:32], exact[:32]) and (out[32:] == 255).all()
+
+    tifffile.imwrite(tmp_path / "turned.tif", rgb16, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "turned.tif")), np.rot90(exact, k=-1))  # 6: 90° clockwise
+
+    with open(tmp_path / "planar.tif", "rb") as f:  # shards hand over file objects
+        assert np.array_equal(np.asarray(load_rgb(io.BytesIO(f.read()))), exact)
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_not_skipped(tmp_path):
+    """A 108-megapixel phone photo or a large scan is a readable image, not a decompression bomb: JPEGs
+    over the limit are decoded by libjpeg at 1/2 (1/4, 1/8), with no PIL bomb warning. (Other formats
+    over the limit stay refused: tests/test_reliability.py, decompression bombs.)"""
+    side = 9500  # 90 Mpx: over pomp's 8192 x 8192 and over PIL's warning threshold
+    image = Image.new("RGB", (side, side), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, side // 2, side))  # blue left half, red right half
+    image.save(tmp_path / "big.jpg", quality=95)
+    del image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load_rgb(tmp_path / "big.jpg")
+    assert out.size == (side // 2, side // 2)
+    pixels = np.asarray(out).astype(int)
+    assert np.abs(pixels[:, : side // 4 - 8] - (30, 30, 200)).max() <= 3
+    assert np.abs(pixels[:, side // 4 + 8 :] - (200, 30, 30)).max() <= 3
 
 
 def test_transparency_is_composited_on_white(tmp_path):
@@ -392,3 +482,60 @@ def test_cache_key_follows_the_files(tmp_path, backbone, monkeypatch):
     assert computed == [1, 1]
     cached_image_features(cache, backbone, ImageDataset(one, backbone.eval_transform()), progress=False)
     assert computed == [1, 1]  # unchanged since: reused
+
+
+def test_two_feature_jobs_on_one_cache_folder_at_once(tmp_path, capsys, monkeypatch):
+    """`pomp features` twice at once into one cache folder (two terminals, a team disk): the first pauses
+    between writing its part and merging it while the second, a real process, runs to its end. Both
+    succeed, one complete cache is left, equal to features computed afresh, and no parts folder."""
+    import pomp
+    from pomp.train import Dist
+
+    data = make_class_folders(tmp_path / "data", num_classes=3, per_class=3)
+    weights = _tiny_weights(tmp_path / "w.pt", seed=3)  # both processes must hold the same weights
+    cache = tmp_path / "cache"
+    argv = ["features", "--backbone", TINY, "--pretrained", str(weights), "--data", str(data / "images"),
+            "--names", str(data / "names.txt"), "--out-dir", str(cache), "--device", "cpu", "--num-workers", "0",
+            "--no-progress"]
+    other = []
+
+    def barrier(self) -> None:  # the first job's own part is written: the other job runs now, start to end
+        if not other and list(cache.glob("images/.parts-*/rank0.npz")):
+            other.append(subprocess.run([sys.executable, "-m", "pomp.cli", *argv], cwd=REPO, env=ENV,
+                                        capture_output=True, text=True, timeout=120))
+
+    monkeypatch.setattr(Dist, "barrier", barrier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(argv)
+    assert other and other[0].returncode == 0, other and other[0].stderr[-2000:]
+    assert rc == 0, capsys.readouterr().err
+    entries = sorted((cache / "images").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith("."), entries  # one cache, no parts folder left
+
+    bb = pomp.load_backbone(TINY, str(weights))
+    images = scan_class_folders(data / "images", read_names_file(data / "names.txt"))
+    expected = compute_image_features(bb, ImageDataset(images, bb.eval_transform()), progress=False)
+    got = np.load(entries[0] / "features.npy")
+    torch.testing.assert_close(torch.from_numpy(got).float(), expected.features, atol=2e-3, rtol=0)  # float16
+    assert np.array_equal(np.load(entries[0] / "labels.npy"), expected.labels.numpy())
+
+
+def test_a_windows_zip_unpacked_by_python_is_named_as_such(tmp_path):
+    """Windows tools store `images\\cat\\1.jpg` (MS-DOS host, backslashes); Python's zipfile and
+    `shutil.unpack_archive` keep the backslashes in flat file names on Linux. The refusal says so."""
+    import zipfile
+
+    archive = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder in ("cat", "dog"):
+            for i in range(2):
+                info = zipfile.ZipInfo(f"images\\{folder}\\{i}.jpg")
+                info.create_system = 0  # MS-DOS/Windows, as Windows writes it
+                z.writestr(info, jpeg_bytes())
+    shutil.unpack_archive(archive, tmp_path / "unpacked")
+    assert sorted(p.name for p in (tmp_path / "unpacked").iterdir())[0] == "images\\cat\\0.jpg"  # flat files
+    with pytest.raises(ValueError, match=r"no images found \(skipped 4 entries: 4 files named with Windows paths "
+                                         r"\(`images\\cat\\1\.jpg`: a zip made on Windows, unpacked by Python's "
+                                         r"zipfile or shutil; `unzip` makes the folders\)"):
+        scan_class_folders(tmp_path / "unpacked")

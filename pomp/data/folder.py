@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from pomp.data.names import clean_classname
@@ -72,11 +72,13 @@ SKIP_REASONS = {  # key in LabelledImages.skipped -> how a report names it
     "hidden": "hidden (dot) files or folders, macOS ._ files included",
     "system_folders": "system folders (__MACOSX...)",
     "symlinks_into_tree": "links back into the tree",
-    "not_images": "files of no image format PIL reads",
+    "not_images": "files whose extension names no image format PIL reads",
     "undecodable_names": "names that are not UTF-8",
     "not_regular_files": "broken links or special files",
     "unreadable_folders": "folders that cannot be listed",
     "files_outside_class_folders": "files beside the class folders",
+    "windows_paths": "files named with Windows paths (`images\\cat\\1.jpg`: a zip made on Windows, unpacked by "
+                     "Python's zipfile or shutil; `unzip` makes the folders)",
 }
 
 
@@ -137,7 +139,8 @@ def _scandir(directory: Path, skipped: SkippedFiles) -> list[os.DirEntry]:
 
 def list_class_folders(root: str | Path, skipped: SkippedFiles | None = None) -> list[str]:
     """Sub-folder names of `root`, sorted: hidden and system folders, links back into the tree and
-    non-UTF-8 names are left out (counted in `skipped`), as are files beside the folders."""
+    non-UTF-8 names are left out (counted in `skipped`), as are files beside the folders (counted
+    apart when named with Windows paths: a Windows zip unpacked by Python, which keeps `\\`)."""
     root = Path(root)
     skipped = skipped if skipped is not None else SkippedFiles()
     tree_real = os.path.realpath(root)
@@ -149,7 +152,7 @@ def list_class_folders(root: str | Path, skipped: SkippedFiles | None = None) ->
         elif entry.is_dir():
             folders.append(entry.name)
         else:
-            skipped.add("files_outside_class_folders", entry.path)
+            skipped.add("windows_paths" if "\\" in entry.name else "files_outside_class_folders", entry.path)
     return sorted(folders)
 
 
@@ -224,8 +227,11 @@ def scan_class_folders(
         unknown = [f for key, f in by_nfc.items() if key not in wanted]
         missing = [key for key in names if _nfc(key) not in by_nfc]
         if unknown:
-            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file "
-                             f"(e.g. {unknown[0]!r})")
+            by_case = {key.casefold(): names_key for key, names_key in wanted.items()}
+            same_but_case = [(f, by_case[_nfc(f).casefold()]) for f in unknown if _nfc(f).casefold() in by_case]
+            example = (f"e.g. {same_but_case[0][0]!r}, listed as {same_but_case[0][1]!r}: folder names match with "
+                       f"their case" if same_but_case else f"e.g. {unknown[0]!r}")
+            raise ValueError(f"{root}: {len(unknown)} class folders have no name in the names file ({example})")
         if missing:
             raise ValueError(f"{root}: names file lists {len(missing)} classes with no folder (e.g. {missing[0]!r})")
         folders = [by_nfc[_nfc(key)] for key in names]
@@ -393,8 +399,10 @@ def load_or_make_split(
         if saved_names != images.classnames:
             raise ValueError(f"{split_path}: saved split's class list differs from the dataset's "
                              f"({_first_difference(saved_names, images.classnames)})")
-        if saved is not None and saved != params:
-            diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params if saved.get(k) != params.get(k)]
+        # the root is where the images are, not which: a moved copy keeps its split (the files are checked above)
+        diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params
+                 if saved is not None and k != "root" and saved.get(k) != params.get(k)]
+        if diffs:
             raise ValueError(f"{split_path}: the saved split was made with other parameters ({'; '.join(diffs)})")
         return splits
     splits = few_shot_split(images, shots, val_per_class, seed)
@@ -414,14 +422,102 @@ def _first_difference(saved: list[str], now: list[str]) -> str:
 # --- reading images ----------------------------------------------------------------------------
 def load_rgb(path) -> Image.Image:
     """Open an image (a path or a binary file object) as 8-bit RGB, as the file means it
-    (see `to_rgb`); raises ValueError with the reason on anything unreadable."""
+    (see `to_rgb`); raises ValueError with the reason on anything unreadable.
+
+    TIFFs that PIL reads wrongly or not at all (several samples per pixel of more than 8 bits, as
+    16-bit RGB scans and microscopy write them; float RGB) are decoded by tifffile (`tiff_to_rgb`).
+    """
     try:
-        with Image.open(path) as img:
+        try:
+            with warnings.catch_warnings():  # our own pixel limit applies below (PIL still refuses over 2x its own)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+        except UnidentifiedImageError:
+            if _is_tiff(path):
+                return tiff_to_rgb(path)
+            raise
+        with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS and img.format == "JPEG":
+                _decode_jpeg_smaller(img)  # a 108-megapixel phone photo or a large scan: decoded at 1/2..1/8
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
+            if _pil_misreads_tiff(img):
+                return tiff_to_rgb(path, fallback=None if img.tag_v2.get(284) == 2 else img)
             return to_rgb(img)
     except Exception as err:  # UnidentifiedImageError, OSError, DecompressionBombError, EOFError, struct.error...
         raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def _decode_jpeg_smaller(img: Image.Image) -> None:
+    """Have the JPEG decoder scale by the smallest of 1/2, 1/4, 1/8 that brings `img` within
+    `MAX_IMAGE_PIXELS` (libjpeg's DCT scaling: no full-size image in memory); a no-op if none does."""
+    for scale in (2, 4, 8):
+        if (img.width // scale) * (img.height // scale) <= MAX_IMAGE_PIXELS:
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-img.width // scale), -(-img.height // scale)))
+            return
+
+
+def _is_tiff(source) -> bool:
+    if hasattr(source, "read"):
+        source.seek(0)
+        head = source.read(4)
+        source.seek(0)
+    else:
+        with open(source, "rb") as f:
+            head = f.read(4)
+    return head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
+def _pil_misreads_tiff(img: Image.Image) -> bool:
+    """TIFF samples wider than 8 bits that PIL reads wrongly: several per pixel (16-bit RGB: PIL keeps the
+    high byte, and garbles samples stored plane by plane), or min-is-white grey (PIL does not invert it)."""
+    if img.format != "TIFF":
+        return False
+    bits = img.tag_v2.get(258, (8,))  # BitsPerSample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    several = int(img.tag_v2.get(277, 1)) > 1  # SamplesPerPixel
+    return max(bits) > 8 and (several or img.tag_v2.get(262) == 0)  # PhotometricInterpretation 0: min-is-white
+
+
+def tiff_to_rgb(source, fallback: Image.Image | None = None) -> Image.Image:
+    """The first page of a TIFF as 8-bit RGB, decoded by tifffile (the microscopy community's reader):
+    samples scaled as `to_rgb` scales grey ones (16-bit: round(v * 255 / 65535); floats: [0, 1], else
+    the image's own range, all channels together), extra alpha composited on white, TIFF orientation
+    applied. Photometric RGB, min-is-black (first sample) and min-is-white. When tifffile cannot decode
+    the file (a compression that needs the optional imagecodecs package, e.g. LZW), `fallback` (PIL's
+    reading, 8 bits kept) is used if given; otherwise the error is raised (source: TIFF 6.0)."""
+    import tifffile
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        with tifffile.TiffFile(source) as tif:
+            page = tif.pages[0]
+            if page.imagewidth * page.imagelength > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{page.imagewidth}x{page.imagelength} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
+            array, axes, photometric = page.asarray(), page.axes, int(page.photometric)
+            extra = tuple(page.extrasamples or ())
+            orientation = int(page.tags[274].value) if 274 in page.tags else 1
+    except Exception:
+        if fallback is not None:
+            return to_rgb(fallback)
+        raise
+    if "S" in axes:  # samples last, whether stored per pixel (YXS) or per plane (SYX)
+        array = np.moveaxis(array, axes.index("S"), -1)
+    array = array.reshape(array.shape[-3:] if "S" in axes else array.shape[-2:])
+    if photometric == 2 and array.ndim == 3 and array.shape[-1] >= 3:  # RGB (+ extra samples)
+        alpha = array.shape[-1] > 3 and extra[:1] in ((1,), (2,))  # associated / unassociated alpha
+        pixels = np.ascontiguousarray(_high_depth_to_8bit(array)[..., :4 if alpha else 3])
+        mode = ("RGBa" if extra[:1] == (1,) else "RGBA") if alpha else "RGB"
+        img = Image.frombytes(mode, (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
+    elif photometric in (0, 1):  # min-is-white / min-is-black: the first sample is the grey level
+        grey = np.ascontiguousarray(_high_depth_to_8bit(array[..., 0] if array.ndim == 3 else array))
+        img = Image.frombytes("L", (grey.shape[1], grey.shape[0]), (255 - grey if photometric == 0 else grey).tobytes())
+    else:
+        raise ValueError(f"TIFF with photometric interpretation {photometric} and {page.bitspersample}-bit samples "
+                         f"is not supported")
+    img.getexif()[0x0112] = orientation  # applied by to_rgb, as PIL's own TIFF reading does
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -449,8 +545,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_8bit(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 3:  # no multi-channel high-depth mode in PIL, but keep the first channel if one appears
-        a = a[..., 0]
+    """Samples of any depth as uint8, all channels scaled together: uint8 as they are; integers within
+    0..65535 as 16-bit (exact rounding of v * 255 / 65535); floats within [0, 1] x 255; else the
+    array's own finite min..max stretched to 0..255."""
+    if a.dtype == np.uint8:
+        return a
     if a.dtype.kind in "ui" and a.size and a.min() >= 0 and a.max() <= 65535:
         return ((a.astype(np.uint64) * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257), exact
     a = a.astype(np.float64)
@@ -464,11 +563,17 @@ def _high_depth_to_8bit(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+# Signals that ask a run to stop: Ctrl-C, a closed terminal (SIGHUP), `kill` and preemption by SLURM or
+# torchrun (SIGTERM), the warning a scheduler sends before a time limit (SLURM `--signal`, SGE `-notify`:
+# SIGUSR1/SIGUSR2) and the CPU-time limit (SIGXCPU). SIGQUIT (Ctrl-\) and SIGKILL keep their default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
+
+
 def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: SIGINT/SIGTERM are the main process's to handle (it stops the
-    workers); a worker killed by them would otherwise abort the step the main process is finishing."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`: the `STOP_SIGNALS` are the main process's to handle (it stops the
+    workers); a worker killed by one would otherwise abort the step the main process is finishing."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ImageDataset(Dataset):
