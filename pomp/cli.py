@@ -334,7 +334,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pomp import __version__
+    from pomp.version import __version__
     from pomp.train import PretrainConfig
 
     parser = _Parser(
