@@ -18,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from pomp import __version__
-from pomp.backbones.base import _PROBE_WORD, Backbone
+from pomp.backbones.base import PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.io import atomic_write, atomic_write_json, atomic_write_safetensors, read_json
+from pomp.version import __version__
 
 PLACEHOLDER = "X"
 FORMAT_NAME = "pomp-prompt"
@@ -110,7 +110,7 @@ class Prompt(nn.Module):
         """
         if init:
             init = " ".join(init.split())
-            text = f"{init} {_PROBE_WORD}."
+            text = f"{init} {PROBE_WORD}."
             check_fit(backbone, [text], [f"init {init!r}"], "ctx_init")
             start, n_words = backbone.words_span(init)
             if n_ctx is not None and n_ctx != n_words:
@@ -123,7 +123,7 @@ class Prompt(nn.Module):
                 raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
             layout = backbone.prompt_layout(n_ctx)
             run = " ".join([layout.placeholder] * n_ctx)
-            tokens, fits = backbone.tokenize_checked([f"{run} {_PROBE_WORD}."])
+            tokens, fits = backbone.tokenize_checked([f"{run} {PROBE_WORD}."])
             if not bool(fits.all()):
                 raise ValueError(f"n_ctx={n_ctx} leaves no room for a class name in the text context of "
                                  f"{tokens.shape[1]} tokens")

@@ -16,8 +16,7 @@ from pomp.data.folder import (
     write_split_file,
 )
 from pomp.data.imagenet21k import classnames, names_mapping, synsets
-from pomp.data.transforms import MultiView, eval_transform, train_transform
-from pomp.backbones.base import ImageSpec
+from pomp.data.transforms import ImageSpec, MultiView, eval_transform, train_transform
 
 
 def test_names_file_first_synonym(tmp_path):

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
+from pomp.data.transforms import ImageSpec
 from pomp.dense.metrics import coco_box_ap, confusion_matrix, detection_metrics, segmentation_metrics
 from pomp.dense.regions import classify_regions, crop_features, detect, roi_features
 from pomp.dense.scenes import make_scenes

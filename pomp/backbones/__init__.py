@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
 
 
 def load_backbone(
@@ -64,4 +64,4 @@ def load_backbone(
     return load_open_clip(name_or_config, pretrained=pretrained, device=device, precision=precision)
 
 
-__all__ = ["Backbone", "ImageSpec", "load_backbone"]
+__all__ = ["Backbone", "load_backbone"]

@@ -15,41 +15,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
 
-
-RESIZE_MODES = ("shortest", "squash", "longest")
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """Preprocessing the image tower expects.
-
-    `resize_mode` (open_clip's names) says how a test image becomes `size x size`: `shortest` resizes the
-    short side and center-crops (CLIP); `squash` resizes both sides, aspect ratio lost, no crop (SigLIP,
-    DFN, CLIPA); `longest` resizes the long side and pads to the square with zeros.
-    """
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def __post_init__(self):
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {self.resize_mode!r} (one of {', '.join(RESIZE_MODES)})")
-
+if TYPE_CHECKING:  # the transforms module imports torchvision: loaded when a transform is built
+    from pomp.data.transforms import ImageSpec
 
 # Placeholder words tried in order: the first the tokenizer maps to exactly one token per word
 # (and a word that cannot merge with a class name after a space) reserves the context positions.
 # "X" is the official POMP/CoOp placeholder; its embeddings are replaced, so the word never matters
 # to the features, only to where the following class name lands.
 PLACEHOLDER_CANDIDATES = ("X", "x", "a", "the")
-_PROBE_WORD = "cat"  # a class name used only to locate positions; it must differ from the placeholder
+PROBE_WORD = "cat"  # a class name used only to locate positions; it must differ from the placeholder
 
 
 @dataclass(frozen=True)
@@ -196,7 +175,7 @@ class Backbone(nn.Module, ABC):
         Found as where "<words> cat." and "<words> P cat." (P the placeholder) first differ.
         """
         placeholder = self.prompt_layout(1).placeholder
-        a, b = self.tokenize([f"{words} {_PROBE_WORD}.".strip(), f"{words} {placeholder} {_PROBE_WORD}.".strip()])
+        a, b = self.tokenize([f"{words} {PROBE_WORD}.".strip(), f"{words} {placeholder} {PROBE_WORD}.".strip()])
         start = self.prompt_layout(1).start
         return start, _common_prefix(a, b) - start
 
@@ -246,7 +225,7 @@ class Backbone(nn.Module, ABC):
     def resolved(self, n_ctx: int = 4) -> dict:
         """What pomp learned about this model: prompt layout, pooling, causality, widths, dense path."""
         layout = self.prompt_layout(n_ctx)
-        probe = self.tokenize([f"{' '.join([layout.placeholder] * n_ctx)} {_PROBE_WORD}."])
+        probe = self.tokenize([f"{' '.join([layout.placeholder] * n_ctx)} {PROBE_WORD}."])
         length = int(self.sequence_lengths(probe)[0])
         context = int(probe.shape[1])
         return {
@@ -293,16 +272,16 @@ def _prompt_layout(backbone: Backbone, n_ctx: int) -> PromptLayout:
         return cache[n_ctx]
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
-    if not bool(backbone.tokenize_checked([f"{_PROBE_WORD}."])[1].all()):
+    if not bool(backbone.tokenize_checked([f"{PROBE_WORD}."])[1].all()):
         raise ValueError(f"{backbone.name}: the tokenizer pads or cuts on the left, so the context positions would "
                          "move with each class name; give it padding_side='right' and truncation_side='right'")
     tried = []
     for word in PLACEHOLDER_CANDIDATES:
-        if word == _PROBE_WORD:
+        if word == PROBE_WORD:
             continue
         run = " ".join([word] * n_ctx)
         bare, one, a, b = backbone.tokenize(
-            [f"{_PROBE_WORD}.", f"{word} {_PROBE_WORD}.", f"{run} {_PROBE_WORD}.", f"{run} {word} {_PROBE_WORD}."]
+            [f"{PROBE_WORD}.", f"{word} {PROBE_WORD}.", f"{run} {PROBE_WORD}.", f"{run} {word} {PROBE_WORD}."]
         )
         start = _common_prefix(bare, one)
         if bool((a == b).all()):  # both cut at the same length: the placeholders alone fill the context

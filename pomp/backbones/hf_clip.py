@@ -25,8 +25,9 @@ from typing import Sequence
 
 import torch
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
 from pomp.backbones.identity import SHA_PREFIX, sha256_of
+from pomp.data.transforms import ImageSpec
 
 PREFIX = "hf:"
 

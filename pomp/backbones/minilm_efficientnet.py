@@ -72,7 +72,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
+from pomp.data.transforms import ImageSpec
 from pomp.io import atomic_write, atomic_write_json
 
 NAME = "minilm-efficientnet-lite0"

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransformer, text_global_pool
 from torch import nn
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
 from pomp.backbones.identity import SHA_PREFIX, release_of_file, sha256_of
+from pomp.data.transforms import ImageSpec
 from pomp.torchfile import is_torchscript_archive, torchscript_tensors
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".tar"}

@@ -1,4 +1,5 @@
-"""Image preprocessing: the recipe's training augmentation (with V views) and the test transform.
+"""Image preprocessing: what the image tower expects (`ImageSpec`), the recipe's training augmentation (with V
+views) and the test transform.
 
 Training (method.md §4): random resized crop (scale 0.08-1, bicubic), horizontal flip,
 RandAugment with 2 ops each applied with p = 0.6 at a random magnitude, then the model's
@@ -8,6 +9,7 @@ mean/std. Test: resize the short side and center crop (or the model's own resize
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -15,7 +17,28 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from pomp.backbones.base import ImageSpec
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Preprocessing the image tower expects.
+
+    `resize_mode` (open_clip's names) says how a test image becomes `size x size`: `shortest` resizes the
+    short side and center-crops (CLIP); `squash` resizes both sides, aspect ratio lost, no crop (SigLIP,
+    DFN, CLIPA); `longest` resizes the long side and pads to the square with zeros.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize_mode!r} (one of {', '.join(RESIZE_MODES)})")
+
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -24,7 +47,8 @@ _INTERPOLATION = {
 }
 
 
-def _interpolation(spec: ImageSpec) -> T.InterpolationMode:
+def interpolation_mode(spec: ImageSpec) -> T.InterpolationMode:
+    """torchvision's mode for `spec.interpolation` (bicubic for a name it does not know)."""
     return _INTERPOLATION.get(spec.interpolation, T.InterpolationMode.BICUBIC)
 
 
@@ -35,7 +59,7 @@ def _to_normalized_tensor(spec: ImageSpec) -> list:
 def eval_transform(spec: ImageSpec) -> Callable[[Image.Image], torch.Tensor]:
     """To `size x size` as `spec.resize_mode` says (short side + center crop; both sides; long side + zero
     padding, as open_clip's test transforms do), then normalise."""
-    mode = _interpolation(spec)
+    mode = interpolation_mode(spec)
     if spec.resize_mode == "squash":
         resize = [T.Resize((spec.size, spec.size), interpolation=mode, antialias=True)]
     elif spec.resize_mode == "longest":
@@ -103,7 +127,7 @@ def train_transform(
     randaugment: bool = True,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The recipe's augmentation: random resized crop, flip, RandAugment(2 ops, p=0.6), normalise."""
-    steps: list = [T.RandomResizedCrop(spec.size, scale=scale, interpolation=_interpolation(spec), antialias=True)]
+    steps: list = [T.RandomResizedCrop(spec.size, scale=scale, interpolation=interpolation_mode(spec), antialias=True)]
     if flip:
         steps.append(T.RandomHorizontalFlip())
     if randaugment:

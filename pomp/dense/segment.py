@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pomp.backbones.base import Backbone, ImageSpec
+from pomp.backbones.base import Backbone
+from pomp.data.transforms import ImageSpec
 from pomp.dense.metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from pomp.io import atomic_write
 from pomp.ranking import argmax_first_index, class_scores, distinct_classes
@@ -39,11 +40,11 @@ def dense_transform(spec: ImageSpec, size: int | None = None) -> Callable[[Image
     """Resize the whole image to `size` x `size` (no crop: every pixel gets a score), normalise."""
     import torchvision.transforms.v2 as T
 
-    from pomp.data.transforms import _interpolation
+    from pomp.data.transforms import interpolation_mode
 
     size = size or spec.size
     return T.Compose([
-        T.Resize((size, size), interpolation=_interpolation(spec), antialias=True),
+        T.Resize((size, size), interpolation=interpolation_mode(spec), antialias=True),
         T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean=spec.mean, std=spec.std),
     ])
 
