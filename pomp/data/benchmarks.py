@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pomp.data.folder import LabelledImages, SkippedFiles, list_class_folders, list_image_files, read_split_file
-from pomp.prompt import clean_classname
+from pomp.data.names import clean_classname
 
 COOP_DATASETS_MD = "CoOp DATASETS.md and datasets/*.py (github.com/KaiyangZhou/CoOp)"
 

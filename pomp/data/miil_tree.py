@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from pomp.prompt import clean_classname
+from pomp.data.names import clean_classname
 
 TREE_FILE = "imagenet21k_miil_tree.pth"
 
