@@ -223,7 +223,7 @@ def _reference_text_features(backbone, prompt, vocab, ids: torch.Tensor) -> torc
 
 def run_config(bench: Bench, impl: str, K: int | str, n_ctx: int) -> dict:
     """Warm up, then time `steps` steps of one configuration; returns a result row."""
-    from pomp.features import autocast_for, encode_pixels
+    from pomp.data.features import autocast_for, encode_pixels
     from pomp.loss import local_contrast_loss, sample_negatives
     from pomp.prompt import Prompt
     from pomp.train import PretrainConfig, encode_and_backward

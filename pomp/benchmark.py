@@ -29,10 +29,10 @@ import torch
 
 from pomp.backbones.base import Backbone
 from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
+from pomp.data.features import cached_image_features
 from pomp.data.folder import ImageDataset, LabelledImages
 from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
                            result_record, write_classnames, write_result, zero_shot_metrics)
-from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
                                 PAPER_RESULTS, REFERENCE, SOURCE, group_average)

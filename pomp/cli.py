@@ -178,10 +178,10 @@ def _names_file(spec: str, names: str | None) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
+    from pomp.data.features import cached_image_features
     from pomp.data.folder import ImageDataset
     from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
                                write_classnames, write_result, write_tables, zero_shot_metrics)
-    from pomp.features import cached_image_features
     from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_cache_dir, check_writable_dir
 
@@ -334,8 +334,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pomp.version import __version__
     from pomp.train import PretrainConfig
+    from pomp.version import __version__
 
     parser = _Parser(
         prog="pomp",

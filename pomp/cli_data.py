@@ -89,10 +89,10 @@ def cmd_data_check_names(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.cli import _load_eval_data, _refuse_unused, _refuse_unused_data_options
+    from pomp.data.features import extract_image_features
     from pomp.data.folder import ImageDataset, few_shot_split, read_split_file, scan_class_folders
     from pomp.data.imagenet21k import resolve_names
     from pomp.data.transforms import MultiView, train_transform
-    from pomp.features import extract_image_features
     from pomp.io import check_writable_dir, process_tag
     from pomp.train import init_distributed
 

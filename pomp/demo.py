@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pomp.backbones import load_backbone
+from pomp.data.features import cached_image_features
 from pomp.data.folder import ImageDataset, read_split_file
 from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
-from pomp.features import cached_image_features
 from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, pretrain

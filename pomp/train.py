@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pomp.backbones import Backbone, load_backbone
+from pomp.data.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels, weights_fingerprint
 from pomp.data.folder import (
     STOP_SIGNALS,
     ImageDataset,
@@ -50,7 +51,6 @@ from pomp.data.folder import (
 from pomp.data.imagenet21k import resolve_names
 from pomp.data.transforms import MultiView, train_transform
 from pomp.evaluate import prompt_classifier, zero_shot_metrics
-from pomp.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels, weights_fingerprint
 from pomp.io import (
     RunLock,
     append_line,

@@ -137,12 +137,12 @@ def test_eval_hub_model_offline_is_one_line(class_folders, tmp_path, capsys, mon
 # --- class texts before image work (issue 12, item 6) --------------------------------------------
 @pytest.fixture
 def images_never_encoded(monkeypatch):
-    import pomp.features
+    import pomp.data.features
 
     def refuse(*args, **kwargs):
         raise AssertionError("image features were computed before the class texts were checked")
 
-    monkeypatch.setattr(pomp.features, "cached_image_features", refuse)
+    monkeypatch.setattr(pomp.data.features, "cached_image_features", refuse)
 
 
 @pytest.mark.parametrize("flags", [["--baseline", "single"], ["--baseline", "ensemble"], ["--prompt"]])

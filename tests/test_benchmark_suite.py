@@ -248,7 +248,7 @@ def _save_prompt(backbone, path: Path, seed: int) -> str:
 
 
 def test_whole_suite_end_to_end_and_cache_reuse(backbone, tiny_config, fake_root, tmp_path, monkeypatch, capsys):
-    import pomp.features
+    import pomp.data.features
     from pomp.cli import main
 
     p1 = _save_prompt(backbone, tmp_path / "first.safetensors", 0)
@@ -290,7 +290,7 @@ def test_whole_suite_end_to_end_and_cache_reuse(backbone, tiny_config, fake_root
     def no_image_tower(*args, **kwargs):
         raise AssertionError("image features recomputed")
 
-    monkeypatch.setattr(pomp.features, "compute_image_features", no_image_tower)
+    monkeypatch.setattr(pomp.data.features, "compute_image_features", no_image_tower)
     out2 = tmp_path / "runs" / "bench2"
     rc = main(["benchmark", "--data-root", str(fake_root), "--prompt", p2, "--backbone", tiny_config,
                "--out-dir", str(out2), "--num-workers", "0", "--no-progress"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pomp.features
+import pomp.data.features
 from pomp.cli import main
 from pomp.evaluate import build_classifier
 from pomp.prompt import Prompt
@@ -86,7 +86,7 @@ def test_eval_refuses_a_long_name_before_encoding_any_image(class_folders, tiny_
     def no_images(*args, **kwargs):
         raise AssertionError("image features computed before the class names were checked")
 
-    monkeypatch.setattr(pomp.features, "compute_image_features", no_images)
+    monkeypatch.setattr(pomp.data.features, "compute_image_features", no_images)
     out = tmp_path / "eval"
     rc = main(["eval", "--backbone", tiny_config, "--baseline", "single", "--data", str(class_folders / "images"),
                "--names", str(names), "--out-dir", str(out), "--num-workers", "0", "--device", "cpu"])

@@ -553,7 +553,7 @@ def test_a_model_open_clips_mixed_cast_cannot_build_is_refused_at_load(tmp_path)
 
 def test_weights_precision_is_part_of_the_identity(tiny_config, tmp_path):
     """describe() keys feature caches and result files: an fp16 tower's image features are not an fp32 tower's."""
-    from pomp.features import cache_key
+    from pomp.data.features import cache_key
 
     full, half = pomp.load_backbone(tiny_config), pomp.load_backbone(tiny_config, precision="fp16")
     assert "weights_dtype" not in full.describe()

@@ -60,13 +60,13 @@ def test_eval_takes_precision_like_every_command_that_encodes_images(class_folde
     """`pomp eval` ran the image tower under bf16 autocast on CUDA with no way to ask for another precision."""
     import json
 
-    import pomp.features
+    import pomp.data.features
     from pomp.cli import build_parser, main
 
     assert build_parser().parse_args(["eval", "--backbone", "x", "--data", "d"]).precision == "bf16"  # as pretrain
     requested = []
-    original = pomp.features.autocast_for
-    monkeypatch.setattr(pomp.features, "autocast_for", lambda device, precision="bf16": (
+    original = pomp.data.features.autocast_for
+    monkeypatch.setattr(pomp.data.features, "autocast_for", lambda device, precision="bf16": (
         requested.append(precision), original(device, precision))[1])
     cache = tmp_path / "cache"
     assert main(["eval", "--backbone", TINY, "--baseline", "single", "--data", str(class_folders / "images"),

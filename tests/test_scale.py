@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from pomp.cli import main as cli_main
+from pomp.data.features import (cache_key, cached_image_features, compute_feature_part, extract_image_features,
+                           merge_feature_parts)
 from pomp.data.folder import ImageDataset, LabelledImages, read_split_file, scan_class_folders
 from pomp.data.synthetic import make_class_folders
 from pomp.data.transforms import MultiView, train_transform
-from pomp.features import (cache_key, cached_image_features, compute_feature_part, extract_image_features,
-                           merge_feature_parts)
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, pretrain
 
@@ -58,7 +58,7 @@ def test_feature_parts_merge_into_the_readers_cache(backbone, class_folders, tmp
     assert torch.equal(merged.labels, single.labels)
     torch.testing.assert_close(merged.features.float(), single.features.float(), atol=2e-3, rtol=0)  # float16 cache
     assert not list((tmp_path / "split").glob(".parts-*"))  # merged parts removed
-    monkeypatch.setattr("pomp.features.compute_image_features", _no_compute)
+    monkeypatch.setattr("pomp.data.features.compute_image_features", _no_compute)
     reread = cached_image_features(tmp_path / "split", backbone, ImageDataset(images, aug, seed=7), extra)
     assert torch.equal(reread.features, merged.features.half())
     assert extract_image_features(tmp_path / "split", backbone, dataset, extra) is not None  # reused as is
@@ -75,7 +75,7 @@ def test_features_under_torchrun_are_reused_by_eval_and_training(backbone, tmp_p
                       "--views", "2", "--seed", "3", "--num-workers", "0", "--batch-size", "4"])
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["world_size"] for r in records] == [2, 2] and {r["images"] for r in records} == {24, 12}
-    monkeypatch.setattr("pomp.features.compute_image_features", _no_compute)
+    monkeypatch.setattr("pomp.data.features.compute_image_features", _no_compute)
     # what `pomp eval --feature-cache CACHE --data DATA` looks up
     images = scan_class_folders(data / "images")
     evalf = cached_image_features(cache / images.name, backbone, ImageDataset(images, backbone.eval_transform()))

@@ -29,6 +29,7 @@ from PIL import Image
 
 from pomp.cli import main
 from pomp.data.benchmarks import LAYOUT_BY_KEY, class_list, load_test_set
+from pomp.data.features import cached_image_features, compute_image_features
 from pomp.data.folder import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -38,7 +39,6 @@ from pomp.data.folder import (
     scan_class_folders,
 )
 from pomp.data.synthetic import make_class_folders
-from pomp.features import cached_image_features, compute_image_features
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "tests/assets/tiny-clip.json")
@@ -414,7 +414,7 @@ def _tiny_weights(path: Path, seed: int) -> Path:
 
 def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, capsys, monkeypatch):
     import pomp
-    import pomp.features
+    import pomp.data.features
 
     data = make_class_folders(tmp_path / "data", num_classes=3, per_class=3)
     images = scan_class_folders(data / "images")
@@ -445,7 +445,7 @@ def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, ca
     for name, bb in (("a", a), ("b", b)):
         dataset = ImageDataset(images, bb.eval_transform())
         if name == "a":
-            monkeypatch.setattr(pomp.features, "compute_image_features", no_image_tower)
+            monkeypatch.setattr(pomp.data.features, "compute_image_features", no_image_tower)
         got = cached_image_features(cache / "images", bb, dataset, progress=False)
         monkeypatch.undo()
         torch.testing.assert_close(got.features.float(), fresh[name], atol=2e-3, rtol=0)  # float16 cache
@@ -463,7 +463,7 @@ def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, ca
 
 def test_cache_key_follows_the_files(tmp_path, backbone, monkeypatch):
     """Same relative names under another root, or a file replaced in place: not the cached features."""
-    import pomp.features
+    import pomp.data.features
 
     first = make_class_folders(tmp_path / "one", num_classes=2, per_class=2, seed=1)
     second = make_class_folders(tmp_path / "two", num_classes=2, per_class=2, seed=2)
@@ -471,8 +471,8 @@ def test_cache_key_follows_the_files(tmp_path, backbone, monkeypatch):
     one = scan_class_folders(first / "images")
     cached_image_features(cache, backbone, ImageDataset(one, backbone.eval_transform()), progress=False)
     computed = []
-    real = pomp.features.compute_image_features
-    monkeypatch.setattr(pomp.features, "compute_image_features", lambda *a, **k: computed.append(1) or real(*a, **k))
+    real = pomp.data.features.compute_image_features
+    monkeypatch.setattr(pomp.data.features, "compute_image_features", lambda *a, **k: computed.append(1) or real(*a, **k))
     two = scan_class_folders(second / "images")
     cached_image_features(cache, backbone, ImageDataset(two, backbone.eval_transform()), progress=False)
     assert computed == [1]

@@ -420,7 +420,7 @@ class ShardSet:
     def image_features(self, backbone, rank: int = 0, world: int = 1, num_workers: int = 0,
                        precision: str = "bf16", batch_size: int = 64):
         """Features (eval transform, one view) of this rank's shards `rank, rank+world, ...`: `ImageFeatures`."""
-        from pomp.features import ImageFeatures, encode_pixels
+        from pomp.data.features import ImageFeatures, encode_pixels
 
         mine = assign_shards(len(self.urls), rank, world, rotate=False)
         stream = ShardStream(self.urls, len(self.classnames), backbone.eval_transform(), rank, world, rotate=False,
