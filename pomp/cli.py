@@ -241,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.benchmark import run_benchmark, suite_datasets
+    from pomp.suites import run_benchmark, suite_datasets
     from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_writable_dir
 
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="the paper's zero-shot suites: cross-dataset, domain generalization, IN-21K",
                        description="Score prompts and/or baselines on every dataset of the chosen suites found under "
-                                   "--data-root (CoOp's DATASETS.md layout; see pomp/data/benchmarks.py). Missing "
+                                   "--data-root (CoOp's DATASETS.md layout; see pomp/data/suite_layouts.py). Missing "
                                    "datasets are skipped with one line. Writes one clip_benchmark-style JSON per "
                                    "dataset and prompt, and benchmark.md/.csv beside the paper's numbers. Image "
                                    "features are cached per backbone, so another prompt costs only the text side.")

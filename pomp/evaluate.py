@@ -126,7 +126,7 @@ DATASET_TEMPLATES: dict[str, str] = {
 def coop_dataset_name(dataset: str | None) -> str | None:
     """CoOp's name of a dataset given as a pomp benchmark key ("oxford_pets"), as CoOp's name
     ("OxfordPets") or as a CoOp split file's stem ("split_zhou_OxfordPets"); None for any other."""
-    from pomp.data.benchmarks import LAYOUT_BY_KEY
+    from pomp.data.suite_layouts import LAYOUT_BY_KEY
 
     if not dataset:
         return None

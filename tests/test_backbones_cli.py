@@ -172,7 +172,7 @@ def test_embed_names_the_class_list(tiny_config, tmp_path, capsys):
 def test_benchmark_checks_every_vocabulary_before_image_features(backbone, tmp_path, monkeypatch):
     from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
 
-    import pomp.benchmark as bench
+    import pomp.suites as bench
 
     root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k not in ("dtd", "eurosat")))
     split = root / "eurosat" / "split_zhou_EuroSAT.json"

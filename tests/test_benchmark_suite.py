@@ -1,5 +1,5 @@
 """`pomp benchmark`: dataset layouts (tiny fake copies written from CoOp's DATASETS.md facts, spelled
-out here independently of pomp.data.benchmarks), missing datasets, feature cache reuse, the table
+out here independently of pomp.data.suite_layouts), missing datasets, feature cache reuse, the table
 and its averages against the paper's."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_imagenet_classnames_follow_timm_synset_order():
 
 
 def test_every_layout_reads(fake_root):
-    from pomp.data.benchmarks import LAYOUTS, load_test_set
+    from pomp.data.suite_layouts import LAYOUTS, load_test_set
 
     assert [layout.key for layout in LAYOUTS] == ALL_KEYS
     sets = {layout.key: load_test_set(layout, fake_root) for layout in LAYOUTS}
@@ -168,7 +168,7 @@ def test_every_layout_reads(fake_root):
 
 
 def test_unknown_class_folder_is_an_error(tmp_path):
-    from pomp.data.benchmarks import load_test_set
+    from pomp.data.suite_layouts import load_test_set
 
     _image(tmp_path / "imagenet-sketch/images/not_a_wnid/x.jpg")
     with pytest.raises(ValueError, match="not_a_wnid"):
@@ -205,7 +205,7 @@ def test_paper_averages_match_the_paper():
 
 
 def test_table_averages_by_hand():
-    from pomp.benchmark import benchmark_rows, benchmark_table
+    from pomp.suites import benchmark_rows, benchmark_table
     from pomp.paper_results import CROSS_DATASET
 
     accs = [0.90, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30, 0.20, 0.10, 0.05]  # mean 45.5 %

@@ -281,7 +281,7 @@ def _imagenets(root: Path) -> Path:
 
 
 def test_imagenet_and_variants_read_coop_classnames_txt(tmp_path):
-    from pomp.data.benchmarks import classnames_source, load_test_set
+    from pomp.data.suite_layouts import classnames_source, load_test_set
 
     root = _imagenets(tmp_path / "DATA")
     coop = coop_classnames_txt(root / "imagenet/classnames.txt")
@@ -306,7 +306,7 @@ def test_imagenet_and_variants_read_coop_classnames_txt(tmp_path):
 
 
 def test_broken_coop_classnames_txt_is_an_error_naming_the_file(tmp_path):
-    from pomp.data.benchmarks import load_test_set
+    from pomp.data.suite_layouts import load_test_set
 
     root = _imagenets(tmp_path / "DATA")
     path = root / "imagenet/classnames.txt"

@@ -323,7 +323,7 @@ def test_aircraft_lists_saved_by_a_windows_editor(tmp_path):
     """FGVC-Aircraft's variants.txt and images_variant_test.txt with a BOM and CRLF read as the originals."""
     from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks
 
-    from pomp.data.benchmarks import load_test_set
+    from pomp.data.suite_layouts import load_test_set
 
     root = make_fake_benchmarks(tmp_path / "DATA", skip=tuple(k for k in ALL_KEYS if k != "fgvc_aircraft"))
     base = root / "fgvc_aircraft"

@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from pomp.cli import main
-from pomp.data.benchmarks import LAYOUT_BY_KEY, class_list, load_test_set
 from pomp.data.features import cached_image_features, compute_image_features
 from pomp.data.folder import (
     IMAGE_EXTENSIONS,
@@ -38,6 +37,7 @@ from pomp.data.folder import (
     read_names_file,
     scan_class_folders,
 )
+from pomp.data.suite_layouts import LAYOUT_BY_KEY, class_list, load_test_set
 from pomp.data.synthetic import make_class_folders
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The paper's zero-shot benchmark suites: cross-dataset, domain generalization, ImageNet-21K-P.
 
 `run_benchmark` scores one or more prompts (and hand-crafted baselines) on every dataset of the
-chosen suites that is on disk under one data root (layouts: `pomp.data.benchmarks.LAYOUTS`);
+chosen suites that is on disk under one data root (layouts: `pomp.data.suite_layouts.LAYOUTS`);
 a dataset that is not there is skipped with one line saying where it was looked for.
 
 Per dataset and prompt it writes a clip_benchmark-shaped JSON (with the class names' sha256 and
@@ -28,9 +28,9 @@ from typing import Callable, Sequence
 import torch
 
 from pomp.backbones.base import Backbone
-from pomp.data.benchmarks import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.data.features import cached_image_features
 from pomp.data.folder import ImageDataset, LabelledImages
+from pomp.data.suite_layouts import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
 from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
                            result_record, write_classnames, write_result, zero_shot_metrics)
 from pomp.io import atomic_write_json, atomic_write_text
