@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pomp.data import demo
+from pomp.demo import data as demo
 from pomp.data.folder import read_names_file, read_split_file, scan_class_folders
 
 

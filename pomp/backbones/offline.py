@@ -45,7 +45,7 @@ temperature; a throwaway prototype found 100 squashed the similarities, 20 gave 
 signal, 50 worked. Pass `logit_scale=` to `load_minilm_efficientnet` (or set the attribute) to
 override.
 
-What it gives, hand-crafted "a photo of a {}." on the demo data (`pomp.data.demo`, seed 0):
+What it gives, hand-crafted "a photo of a {}." on the demo data (`pomp.demo.data`, seed 0):
 Fashion-MNIST 25.7 % (1,000 test images, 10-way), animal silhouettes 25.7 % (1,000, 10-way),
 held-out emoji 4.3 % (1,292 images, 431-way; chance 0.23 %). Standard errors are ~1.4 points at
 n = 1,000. Weak, but real and far above chance: enough to watch a prompt learn offline.

@@ -66,7 +66,7 @@ def peak_memory_gib() -> float:
 
 def run_demo(out: Path, data: Path | None = None, **overrides) -> list[dict]:
     """Prepare data, pre-train, evaluate; returns the result records."""
-    from pomp.data.demo import prepare_demo_data
+    from pomp.demo.data import prepare_demo_data
 
     start = time.perf_counter()
     out = check_writable_dir(out)
@@ -131,7 +131,8 @@ def demo_table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pomp.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="runs/demo")
     parser.add_argument("--data", default=None, help="demo data folder (default: OUT/data)")
     args = parser.parse_args(argv)

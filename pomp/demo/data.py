@@ -1,6 +1,6 @@
 """Real demo data that installs offline, written in the formats users bring their own data in.
 
-`prepare_demo_data(OUT)` (or `python -m pomp.data.demo OUT`) builds three datasets:
+`prepare_demo_data(OUT)` (or `python -m pomp.demo.data OUT`) builds three datasets:
 
 - `OUT/emoji`: a many-class, few-shot, named pre-training set (the shape of ImageNet-21K-P at
   small scale). Names from npm `emoji-datasource` (`emoji.json`), 64 px images from
@@ -559,7 +559,7 @@ def _per_class(value: str) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pomp.data.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pomp.demo.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--sources", default=None,
                         help="where the npm tarballs are / go (default: $POMP_CACHE/sources)")
