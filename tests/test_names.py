@@ -205,12 +205,12 @@ def test_segment_class_list_gap_is_refused(tmp_path):
 
 
 def test_eval_and_data_split_read_names_files_alike(class_folders, tmp_path, capsys):
-    from pomp.cli import _load_eval_data
+    from pomp.cli.common import load_eval_data
 
     names = class_folders / "names.txt"
     lines = names.read_text().splitlines()
     names.write_bytes(("\ufeff" + "\r\n".join(f"{line}, synonym" for line in lines) + "\r\n").encode("utf-8"))
-    images = _load_eval_data([str(class_folders / "images")], "test", None, str(names))[0]
+    images = load_eval_data([str(class_folders / "images")], "test", None, str(names))[0]
     assert images.classnames[:2] == ["golden retriever", "tabby cat"]
     split = tmp_path / "split.json"
     assert main(["data", "split", "--train-root", str(class_folders / "images"), "--names", str(names),

@@ -5,35 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pomp.cli import int_at_least
+from pomp.cli.common import BACKBONE_HELP, PRETRAINED_HELP, config_from_args, int_at_least
 
 SIDE_BY_SIDE = ("Give --prompt and/or --baseline (repeatable): each is run on the same data and the metrics are "
                 "printed side by side.")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from pomp.cli import _config_from_args
     from pomp.dense.run import SegmentConfig, run_segment
 
-    cfg = _config_from_args(SegmentConfig, args)
+    cfg = config_from_args(SegmentConfig, args)
     run_segment(cfg)
     print((Path(cfg.out_dir) / "results.md").read_text())
     return 0
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from pomp.cli import _config_from_args
     from pomp.dense.run import DetectConfig, run_detect
 
-    cfg = _config_from_args(DetectConfig, args)
+    cfg = config_from_args(DetectConfig, args)
     run_detect(cfg)
     print((Path(cfg.out_dir) / "results.md").read_text())
     return 0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from pomp.cli import BACKBONE_HELP, PRETRAINED_HELP
-
     p.add_argument("--backbone", required=True,
                    help=BACKBONE_HELP + "; dense features need an open_clip ViT (MaskCLIP) or the offline default")
     p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)

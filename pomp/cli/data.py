@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pomp.cli import int_at_least
+from pomp.cli.common import (BACKBONE_HELP, PRETRAINED_HELP, int_at_least, load_eval_data, refuse_unused,
+                             refuse_unused_data_options)
 
 NAMES_HELP = "names file ('folder<TAB>name' lines), or 'imagenet21k-p' for timm's ImageNet-21K-P winter-21 synsets"
 
@@ -45,13 +46,11 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
     from pomp.data.shards import CLASSES, MANIFEST, write_shards
     from pomp.io import read_json
 
-    from pomp.cli import _refuse_unused
-
     if bool(args.split_file) == bool(args.train_root):
         raise ValueError("give one of --split-file (CoOp-format split JSON) or --train-root (class folders)")
-    _refuse_unused([(bool(args.names) and not args.train_root, "--names only applies with --train-root"),
-                    (bool(args.image_root) and not args.split_file, "--image-root only applies with --split-file"),
-                    (bool(args.splits) and not args.split_file, "--splits only applies with --split-file")])
+    refuse_unused([(bool(args.names) and not args.train_root, "--names only applies with --train-root"),
+                   (bool(args.image_root) and not args.split_file, "--image-root only applies with --split-file"),
+                   (bool(args.splits) and not args.split_file, "--splits only applies with --split-file")])
     if args.split_file:
         names = args.splits.split(",") if args.splits else list(read_json(args.split_file))
         sources = {name: read_split_file(args.split_file, name, args.image_root) for name in names}
@@ -88,7 +87,6 @@ def cmd_data_check_names(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.cli import _load_eval_data, _refuse_unused, _refuse_unused_data_options
     from pomp.data.features import extract_image_features
     from pomp.data.folder import ImageDataset, few_shot_split, read_split_file, scan_class_folders
     from pomp.data.imagenet21k import resolve_names
@@ -98,9 +96,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     if not args.data and not (args.split_file or args.train_root):
         raise ValueError("give --data (evaluation caches) and/or --split-file/--train-root (training cache)")
-    _refuse_unused([(bool(args.split_file and args.train_root), "--split-file and --train-root: give one source of "
-                                                                 "training images, not 2")])
-    _refuse_unused_data_options(args.data, args.image_root, args.names, args.split_file, args.train_root)
+    refuse_unused([(bool(args.split_file and args.train_root), "--split-file and --train-root: give one source of "
+                                                                "training images, not 2")])
+    refuse_unused_data_options(args.data, args.image_root, args.names, args.split_file, args.train_root)
     if args.precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"--precision must be bf16, fp16 or fp32, got {args.precision!r}")
     dist_info, device = init_distributed(args.device)
@@ -110,7 +108,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     dist_info.barrier()
     backbone = load_backbone(args.backbone, args.pretrained, device=device)
     jobs = []  # (cache dir, dataset, extra key): exactly what `pomp eval` / `pomp pretrain` look up
-    for images in _load_eval_data(args.data, args.split, args.image_root, args.names) if args.data else []:
+    for images in load_eval_data(args.data, args.split, args.image_root, args.names) if args.data else []:
         jobs.append((out / images.name, ImageDataset(images, backbone.eval_transform()), None))
     if args.split_file or args.train_root:
         if args.split_file:
@@ -135,9 +133,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Register `data` (split, shard) and `features` on the `pomp` sub-command parser."""
-    from pomp.cli import BACKBONE_HELP, PRETRAINED_HELP
-
+    """Register `data` (split, shard, check-names) and `features` on the `pomp` sub-command parser."""
     p = sub.add_parser("data", help="prepare data once before launch: k-shot split files, webdataset shards, "
                                     "name checks")
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

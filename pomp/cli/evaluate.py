@@ -1,163 +1,19 @@
-"""`pomp <command>`: a thin layer over the library. Each command saves its resolved config beside its outputs."""
+"""`pomp eval`, `benchmark`, `embed`, `info`, `backbones` and `convert`: apply a prompt (zero-shot classification,
+the paper's suites, class embeddings for detectors and segmenters) and look into or convert prompts and models."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import re
-import sys
-import time
-import warnings
 from pathlib import Path
 
-from pomp.evaluate import CONFIG_DIR  # resolved configs of eval / benchmark runs, beside (not among) the results
-
-BACKBONE_HELP = ("open_clip model name (ViT-B-16, ViT-B-16-quickgelu...) or model-config JSON; hf:<folder> for a "
-                 "transformers CLIP folder (save_pretrained); minilm-efficientnet-lite0 (alias default) for the "
-                 "offline default")
-PRETRAINED_HELP = ("open_clip pretrained tag (e.g. openai; downloads, needs network) or a local weights file "
-                   "(OpenAI's original .pt, an open_clip state dict...)")
-
-PRETRAIN_HELP = {
-    "backbone": BACKBONE_HELP,
-    "pretrained": PRETRAINED_HELP,
-    "out_dir": "where the prompt, checkpoint, split, config and logs go",
-    "train_root": "class-folder image root (one sub-folder per class)",
-    "names": "names file mapping folder -> class name ('folder<TAB>name' lines), or 'imagenet21k-p' for "
-             "timm's ImageNet-21K-P winter-21 synsets and lemmas",
-    "split_file": "a CoOp-format split JSON with 'train' (and 'val') instead of --train-root",
-    "image_root": "images of --split-file are relative to this (default: the split file's folder)",
-    "shots": "k-shot: training images per class (split saved as OUT_DIR/split.json, reused on resume)",
-    "val_per_class": "validation images per class, taken after the shots",
-    "split_seed": "seed of the k-shot split",
-    "train_shards": "webdataset shards instead of image files: a brace pattern such as "
-                    "'shards/train-{000000..000167}.tar' (local paths or URLs; see `pomp data shard`)",
-    "train_classes": "class list of the shards: their shards.json (names + per-shard counts) or a classes.txt",
-    "val_shards": "validation shards (brace pattern), evaluated after each epoch",
-    "n_ctx": "number of learned context vectors",
-    "ctx_init": "initialise the context from these words (e.g. 'a photo of a'); n_ctx follows the words",
-    "classes_per_step": "K: classes contrasted per step (K-1 sampled negatives + own class); 0 = all classes",
-    "local_correction": "add m_i = log10(N-1) - log10(n_i) to valid negative logits",
-    "margin": "a fixed margin added to negative logits instead of m_i",
-    "logit_scale": "temperature (default: the backbone's own, 100 for CLIP)",
-    "epochs": "training epochs",
-    "batch_size": "images per step per process (each gives --views augmented views)",
-    "views": "augmented views per image in a batch",
-    "lr": "peak learning rate (SGD)",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay",
-    "warmup_epochs": "epochs at the constant warm-up learning rate before the cosine schedule",
-    "warmup_lr": "warm-up learning rate",
-    "augment": "RandAugment(2 ops, p=0.6) after random resized crop and flip",
-    "device": "auto | cpu | cuda (torchrun sets the local GPU)",
-    "precision": "autocast precision on CUDA: bf16 | fp16 | fp32",
-    "text_chunk_size": "most class prompts encoded with graph at once; above it, gradient caching",
-    "length_buckets": "encode a step's classes in this many length-sorted groups, each cut to its own longest "
-                      "sequence (less padding; same features)",
-    "compile": "torch.compile the fast causal text blocks (first steps pay the compilation)",
-    "feature_cache": "cache folder for image features (views computed once, reused across epochs)",
-    "num_workers": "data-loader worker processes",
-    "seed": "seed of context init, data order, augmentation and negatives (rank r uses seed + r)",
-    "validate": "evaluate on the val split after each epoch and keep the best prompt",
-    "checkpoint_every": "steps between checkpoints (also at each epoch end)",
-    "max_steps": "stop after this many steps in total (a later --resume continues)",
-    "max_bad_steps": "stop after this many consecutive non-finite steps",
-    "log_every": "steps between log.jsonl records",
-    "progress": "show progress bars",
-    "resume": "continue the run in --out-dir from its checkpoint (the same run: other settings are refused, "
-              "listed; with no checkpoint there, a new run starts)",
-    "allow_change": "on --resume, also accept a change of these settings (comma-separated: epochs, device); "
-                    "how a run executes (workers, progress, logging, checkpoint cadence, --max-steps...) may always "
-                    "change. Changes are recorded in config.json and the checkpoint ('resumes')",
-}
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str], skip=("extra",)) -> None:
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        typ = f.type if isinstance(f.type, type) else str(f.type)
-        text = help_text.get(f.name, "")
-        if typ == "bool" or isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"{text} (default: {default})")
-            continue
-        kind = int if "int" in str(typ) and "float" not in str(typ) else float if "float" in str(typ) else str
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
-
-
-def _config_from_args(cls, args: argparse.Namespace):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**values)
-
-
-def int_at_least(low: int):
-    """argparse type: an integer >= low (refused while parsing: one line, nothing created)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _refuse_unused(pairs: list[tuple[bool, str]]) -> None:
-    """One error for the first option given where it does nothing (`given`, message)."""
-    for given, message in pairs:
-        if given:
-            raise ValueError(message)
-
-
-# --- commands ----------------------------------------------------------------------------------
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from pomp.train import PretrainConfig, pretrain
-
-    cfg = _config_from_args(PretrainConfig, args)
-    start = time.perf_counter()
-    summary = pretrain(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        summary["wall_s"] = round(time.perf_counter() - start, 1)
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _refuse_unused_data_options(specs: list[str], image_root: str | None, names: str | None,
-                                 split_file: str | None = None, train_root: str | None = None) -> None:
-    """--image-root and --names must apply to some data given (split JSON files, class folders)."""
-    json_files = [s for s in specs if Path(s).suffix == ".json"]
-    _refuse_unused([(bool(image_root) and not json_files and not split_file,
-                     "--image-root applies to split JSON files; none is given"),
-                    (bool(names) and len(json_files) == len(specs) and not train_root,
-                     "--names applies to class folders; none is given")])
-
-
-def _load_eval_data(specs: list[str], split: str, image_root: str | None, names: str | None):
-    """The datasets of `--data` (class folders or split JSON files), each with a distinct name
-    (`pomp.data.folder.unique_dataset_names`): result files, table columns and cache folders."""
-    from pomp.data.folder import read_split_file, scan_class_folders, unique_dataset_names
-    from pomp.data.imagenet21k import resolve_names
-
-    datasets = []
-    for spec, name in zip(specs, unique_dataset_names(specs)):
-        path = Path(spec)
-        images = (read_split_file(path, split, image_root) if path.suffix == ".json"
-                  else scan_class_folders(path, resolve_names(names)))
-        images.name = name
-        datasets.append(images)
-    return datasets
+from pomp.cli.common import (BACKBONE_HELP, PRETRAINED_HELP, int_at_least, load_eval_data, refuse_unused,
+                             refuse_unused_data_options)
 
 
 def _names_source(spec: str, names: str | None) -> str:
-    """Where `_load_eval_data` takes class names from, in words (for the result files)."""
+    """Where `load_eval_data` takes class names from, in words (for the result files)."""
     if Path(spec).suffix == ".json":
         return f"split file {spec}"
     return f"names {names}" if names else f"folder names under {spec}"
@@ -180,15 +36,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.features import cached_image_features
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import (baseline_record, build_classifier, classnames_record, percent, result_record,
-                               write_classnames, write_result, write_tables, zero_shot_metrics)
+    from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
+                               result_record, write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_cache_dir, check_writable_dir
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
-    _refuse_unused_data_options(args.data, args.image_root, args.names)
-    datasets = _load_eval_data(args.data, args.split, args.image_root, args.names)
+    refuse_unused_data_options(args.data, args.image_root, args.names)
+    datasets = load_eval_data(args.data, args.split, args.image_root, args.names)
     prompt = load_any(args.prompt) if args.prompt else None  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(args.out_dir)
     if args.feature_cache:
@@ -241,9 +97,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.suites import run_benchmark, suite_datasets
+    from pomp.evaluate import CONFIG_DIR
     from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.suites import run_benchmark, suite_datasets
 
     if not args.prompt and not args.baseline:
         raise ValueError("give --prompt and/or --baseline single|ensemble|dataset")
@@ -280,10 +137,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from pomp.interop import load_any
     from pomp.io import check_writable_dir
 
-    _refuse_unused([(args.prompt is not None and args.template is not None,
-                     "--template and --prompt: give one (the prompt replaces the template)"),
-                    (args.template is not None and "{}" not in args.template,
-                     f"--template must hold {{}} where the class name goes, got {args.template!r}")])
+    refuse_unused([(args.prompt is not None and args.template is not None,
+                    "--template and --prompt: give one (the prompt replaces the template)"),
+                   (args.template is not None and "{}" not in args.template,
+                    f"--template must hold {{}} where the class name goes, got {args.template!r}")])
     classnames = read_class_list(args.classes)
     prompt = load_any(args.prompt) if args.prompt else None
     check_writable_dir(args.out_dir)
@@ -325,33 +182,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- parser ------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line, like every other error: `pomp CMD: error: ...` (exit 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from pomp.train import PretrainConfig
-    from pomp.version import __version__
-
-    parser = _Parser(
-        prog="pomp",
-        description="POMP prompt pre-training for vision-language models: pre-train one soft prompt on many "
-                    "classes with local contrast and local correction, then apply it zero-shot.",
-    )
-    parser.add_argument("--version", action="version", version=f"pomp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("pretrain", help="pre-train a prompt (single process, or under torchrun for DDP)",
-                       description="Pre-train a POMP prompt. Defaults are the paper's recipe (n_ctx 4, K 1000, "
-                                   "SGD 0.002, 1 warm-up epoch then cosine, 32 images x 4 views, 5 epochs). "
-                                   "Run under `torchrun --nproc_per_node N` for DDP.")
-    _add_dataclass_flags(p, PretrainConfig, PRETRAIN_HELP)  # each help states its default
-    p.set_defaults(func=cmd_pretrain)
-
+def add_parsers(sub) -> None:
+    """Register `eval`, `benchmark`, `embed`, `info`, `backbones` and `convert` on the `pomp` sub-command parser."""
     p = sub.add_parser("eval", help="zero-shot classification with a prompt and/or hand-crafted baselines",
                        description="Zero-shot top-1/top-5/mean-per-class recall on one or more datasets; writes "
                                    "one clip_benchmark-style JSON per dataset and prompt, and results.md/.csv.")
@@ -448,83 +280,3 @@ def build_parser() -> argparse.ArgumentParser:
                         "detectron2 {'model': {'clip_adapter.prompt_learner.ctx': ...}} (ZSSeg 'pomp_tuned'); "
                         "auto = official for a .pth name, else pomp")
     p.set_defaults(func=cmd_convert)
-    from pomp.cli_data import add_parsers  # data split, data shard, features
-
-    add_parsers(sub)
-    from pomp.cli_dense import add_parsers as add_dense_parsers  # segment, detect
-
-    add_dense_parsers(sub)
-    return parser
-
-
-OUTPUT_DIRS = ("out_dir", "feature_cache")  # argument names of the folders commands write
-OUTPUT_FILES = ("out", "dst")  # ... and of the files they write
-
-
-def _new_output_dirs(args: argparse.Namespace) -> list[Path]:
-    """The output folders (and their parents) this command would create: removed again, when still
-    empty, if it is refused (no folder is left behind by a command that did nothing)."""
-    from pomp.io import missing_dirs
-
-    paths = [getattr(args, a) for a in OUTPUT_DIRS if getattr(args, a, None)]
-    paths += [Path(getattr(args, a)).parent for a in OUTPUT_FILES if getattr(args, a, None)]
-    return [d for p in paths for d in missing_dirs(p)]
-
-
-# control characters (a macOS `Icon\r` file, ESC in a name from an archive) as escapes: a message stays
-# one line and never moves the terminal's cursor or colours it; tabs are left as they are
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))} | {
-    0x2028: "\\u2028", 0x2029: "\\u2029"}
-
-
-def printable_line(text: str) -> str:
-    """`text` as one terminal-safe line: control characters and line separators escaped (`\\x0d`)."""
-    return text.translate(_CONTROL_ESCAPES)
-
-
-def _one_line_warnings(command: str) -> None:
-    """pomp's own warnings as `pomp CMD: warning: ...` lines (like its errors); others as Python shows them."""
-    default = warnings.formatwarning
-    package = str(Path(__file__).resolve().parent)
-
-    def format_warning(message, category, filename, lineno, line=None):
-        if str(Path(filename).resolve()).startswith(package):
-            return f"pomp {command}: warning: {printable_line(str(message).strip())}\n"
-        return default(message, category, filename, lineno, line)
-
-    warnings.formatwarning = format_warning
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pomp.io import remove_empty_dirs
-    from pomp.train import Interrupted
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message="No pretrained weights loaded")
-    default_format = warnings.formatwarning
-    _one_line_warnings(args.command)
-    created = _new_output_dirs(args)
-    try:
-        return args.func(args)
-    except Interrupted as err:  # SIGTERM, SIGINT, SIGHUP... during pretrain: the message says what was saved
-        print(f"pomp {args.command}: {printable_line(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
-        remove_empty_dirs(created)
-        if os.environ.get("POMP_DEBUG"):
-            raise
-        message = str(err).strip().split("\n")[0] if str(err).strip() else type(err).__name__  # a library's advice
-        print(f"pomp {args.command}: error: {printable_line(message.strip())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        remove_empty_dirs(created)
-        print(f"pomp {args.command}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        warnings.formatwarning = default_format
-
-
-if __name__ == "__main__":
-    sys.exit(main())
