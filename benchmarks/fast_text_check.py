@@ -2,7 +2,7 @@
 """Check the fast causal text path against open_clip's own on any model and device.
 
 Compares, on real ImageNet-21K-P class names:
-  1. `Prompt.init(init="a photo of a")` class features (fast path) with `model.encode_text`;
+  1. `Prompt.init(words="a photo of a")` class features (fast path) with `model.encode_text`;
   2. random-context features and the context gradient, fast path on vs off;
 in fp32, and under autocast (bf16 on CUDA) where the device has it. Exits 1 when an fp32
 difference exceeds --atol. Usage:
@@ -50,11 +50,11 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=1))
         return 0
 
-    def run(prompt, vocab, fast: bool, amp):
+    def run(prompt, class_tokens, fast: bool, amp):
         backbone.fast_text = fast
         prompt.ctx.grad = None
         with amp:
-            feats = prompt(backbone, vocab)
+            feats = prompt(backbone, class_tokens)
         weights = torch.linspace(-1, 1, feats.shape[1], device=feats.device)
         (feats.float() * weights).sum().backward()
         backbone.fast_text = True
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         amps["bf16-autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     failed = False
     for amp_name, amp in amps.items():
-        words = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+        words = Prompt.init(backbone, n_ctx=None, words="a photo of a")
         tokens = backbone.tokenize([f"a photo of a {n}." for n in names]).to(device)
         with torch.no_grad(), amp():
             ref = torch.nn.functional.normalize(backbone.model.encode_text(tokens).float(), dim=-1)
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
         failed |= amp_name == "fp32" and diff > args.atol
         for n_ctx in (4, 16):
             prompt = Prompt.init(backbone, n_ctx=n_ctx, seed=1)
-            vocab = prompt.tokenize_classes(backbone, names)
-            f_fast, g_fast = run(prompt, vocab, True, amp())
-            f_slow, g_slow = run(prompt, vocab, False, amp())
+            class_tokens = prompt.tokenize_classes(backbone, names)
+            f_fast, g_fast = run(prompt, class_tokens, True, amp())
+            f_slow, g_slow = run(prompt, class_tokens, False, amp())
             fdiff = float((f_fast - f_slow).abs().max())
             gdiff = float((g_fast - g_slow).abs().max() / g_slow.abs().max().clamp(min=1e-12))
             report[f"{amp_name}: n_ctx {n_ctx} fast vs open_clip path, features max |diff|"] = fdiff

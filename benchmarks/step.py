@@ -174,7 +174,7 @@ class MemoryMeter:
 
 # --- the steps ---------------------------------------------------------------------------------
 class Bench:
-    """Model, class names and the per-n_ctx prompt vocabularies, shared by the configurations."""
+    """Model, class names and their prompt tokens per n_ctx, shared by the configurations."""
 
     def __init__(self, args):
         import pomp
@@ -189,23 +189,23 @@ class Bench:
         if args.num_classes:
             self.names = self.names[: args.num_classes]
         self.setup_s = time.perf_counter() - t0
-        self.vocabs = {}
+        self.class_tokens_by_n_ctx = {}
 
-    def vocab(self, n_ctx: int):
+    def class_tokens(self, n_ctx: int):
         from pomp.prompt import Prompt
 
-        if n_ctx not in self.vocabs:
+        if n_ctx not in self.class_tokens_by_n_ctx:
             prompt = Prompt.init(self.backbone, n_ctx=n_ctx, seed=self.args.seed)
-            self.vocabs[n_ctx] = prompt.tokenize_classes(self.backbone, self.names)
-        return self.vocabs[n_ctx]
+            self.class_tokens_by_n_ctx[n_ctx] = prompt.tokenize_classes(self.backbone, self.names)
+        return self.class_tokens_by_n_ctx[n_ctx]
 
 
-def _reference_text_features(backbone, prompt, vocab, ids: torch.Tensor) -> torch.Tensor:
+def _reference_text_features(backbone, prompt, class_tokens, ids: torch.Tensor) -> torch.Tensor:
     """Official-style class features: full 77-token prompts, the model's transformer with its
     explicit causal mask, feature at the EOT (argmax) position, text projection."""
     model = backbone.model
     text = model.text if hasattr(model, "text") else model
-    tokens = vocab.tokens[ids].to(backbone.device)  # [C, 77]: never cut
+    tokens = class_tokens.tokens[ids].to(backbone.device)  # [C, 77]: never cut
     with torch.no_grad():
         embeddings = text.token_embedding(tokens)
     start, n = backbone.prompt_prefix_length, prompt.n_ctx
@@ -230,8 +230,8 @@ def run_config(bench: Bench, impl: str, K: int | str, n_ctx: int) -> dict:
 
     args, backbone, device = bench.args, bench.backbone, bench.device
     gpu = device.type == "cuda"
-    vocab = bench.vocab(n_ctx)
-    num_classes = len(vocab)
+    class_tokens = bench.class_tokens(n_ctx)
+    num_classes = len(class_tokens)
     b, v = args.images_per_step, args.views
     k_minus_1 = num_classes if K == "all" or K - 1 >= num_classes else K - 1
     row = {"impl": impl, "K": K, "n_ctx": n_ctx, "device": str(device), "model": args.model,
@@ -260,10 +260,10 @@ def run_config(bench: Bench, impl: str, K: int | str, n_ctx: int) -> dict:
         view_labels = labels.repeat_interleave(v)
         ids = torch.cat([view_labels, negatives])  # positives WITH repeats, then the K-1 negatives
         prompts_per_step.append(len(ids))
-        tokens_per_step.append(len(ids) * vocab.tokens.shape[1])
+        tokens_per_step.append(len(ids) * class_tokens.tokens.shape[1])
         optimizer.zero_grad(set_to_none=True)
         with amp:
-            feats = _reference_text_features(backbone, prompt, vocab, ids)
+            feats = _reference_text_features(backbone, prompt, class_tokens, ids)
         loss = local_contrast_loss(image, feats[: len(view_labels)], feats[len(view_labels):],
                                    view_labels.to(device), negatives.to(device), num_classes, logit_scale)
         if scaler is not None:
@@ -283,10 +283,10 @@ def run_config(bench: Bench, impl: str, K: int | str, n_ctx: int) -> dict:
         chunks = torch.split(ids, cfg.text_chunk_size)
         passes = 1 if len(chunks) == 1 else 2
         prompts_per_step.append(len(ids) * passes)
-        tokens_per_step.append(passes * sum(len(c) * int(vocab.lengths[c].max()) for c in chunks))
+        tokens_per_step.append(passes * sum(len(c) * int(class_tokens.lengths[c].max()) for c in chunks))
         optimizer.zero_grad(set_to_none=True)
         grad_scale = scaler.get_scale() if scaler is not None else 1.0
-        loss = encode_and_backward(prompt, prompt, backbone, vocab, image, view_labels, negatives, cfg,
+        loss = encode_and_backward(prompt, prompt, backbone, class_tokens, image, view_labels, negatives, cfg,
                                    logit_scale, grad_scale)
         if scaler is not None:
             scaler.unscale_(optimizer)

@@ -20,6 +20,7 @@ from torch import nn
 
 from pomp.backbones.base import PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
+from pomp.deprecation import renamed_keywords
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.io import atomic_write, atomic_write_json, atomic_write_safetensors, read_json
 from pomp.version import __version__
@@ -101,20 +102,23 @@ class Prompt(nn.Module):
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
-    def init(cls, backbone: Backbone, n_ctx: int | None = 4, init: str | None = None, seed: int = 0) -> "Prompt":
-        """A new context: N(0, 0.02) from `seed`, or the token embeddings of the words `init`.
+    @renamed_keywords(init="words")
+    def init(cls, backbone: Backbone, n_ctx: int | None = 4, words: str | None = None, seed: int = 0) -> "Prompt":
+        """A new context: N(0, 0.02) from `seed`, or the token embeddings of `words` (e.g. "a photo of a").
 
-        With `init` words, n_ctx is their number of tokens (as they tokenize before a class name, so
-        the prompt then equals the hand-crafted "<init> <name>." exactly); a different n_ctx is an
+        With `words`, n_ctx is their number of tokens (as they tokenize before a class name, so the
+        prompt then equals the hand-crafted "<words> <name>." exactly); a different n_ctx is an
         error. The context must leave room for a one-word class name and the end of the prompt.
+        The words are recorded as `meta["init"]` (the prompt file's key); `init=` is the old name of
+        `words=`, still accepted with a DeprecationWarning.
         """
-        if init:
-            init = " ".join(init.split())
-            text = f"{init} {PROBE_WORD}."
-            check_fit(backbone, [text], [f"init {init!r}"], "ctx_init")
-            start, n_words = backbone.words_span(init)
+        if words:
+            words = " ".join(words.split())
+            text = f"{words} {PROBE_WORD}."
+            check_fit(backbone, [text], [f"init {words!r}"], "ctx_init")
+            start, n_words = backbone.words_span(words)
             if n_ctx is not None and n_ctx != n_words:
-                raise ValueError(f"init {init!r} is {n_words} tokens but n_ctx={n_ctx}; pass n_ctx={n_words}")
+                raise ValueError(f"init {words!r} is {n_words} tokens but n_ctx={n_ctx}; pass n_ctx={n_words}")
             tokens = backbone.tokenize([text]).to(backbone.device)
             with torch.no_grad():
                 ctx = backbone.embed_tokens(tokens)[0, start : start + n_words].float().cpu()
@@ -129,7 +133,7 @@ class Prompt(nn.Module):
                                  f"{tokens.shape[1]} tokens")
             generator = torch.Generator().manual_seed(seed)
             ctx = torch.randn(n_ctx, backbone.text_width, generator=generator) * 0.02
-        meta = {"backbone": backbone.describe(), "init": init, "seed": seed}
+        meta = {"backbone": backbone.describe(), "init": words, "seed": seed}
         return cls(ctx, meta).to(backbone.device)
 
     # --- text preparation --------------------------------------------------------------------
@@ -185,12 +189,13 @@ class Prompt(nn.Module):
                               stacklevel=2)
 
     # --- encoding ----------------------------------------------------------------------------
+    @renamed_keywords(vocab="class_tokens")
     def forward(
-        self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor | None = None, length_buckets: int = 1
+        self, backbone: Backbone, class_tokens: ClassTokens, ids: torch.Tensor | None = None, length_buckets: int = 1
     ) -> torch.Tensor:
         """L2-normalised class features `[len(ids), D]` of classes `ids` (all when None), with graph to ctx.
 
-        Sequences are cut after the longest `vocab.lengths` among `ids` (`Backbone.sequence_lengths`):
+        Sequences are cut after the longest `class_tokens.lengths` among `ids` (`Backbone.sequence_lengths`):
         exact on causal text towers, since no token before the EOT attends to what follows it, and
         with a padding mask on non-causal ones; towers where no cut is exact run the full context.
         With `length_buckets` > 1 the classes are sorted by length and encoded in that many groups,
@@ -198,21 +203,21 @@ class Prompt(nn.Module):
         sees one forward).
         """
         if ids is None:
-            ids = torch.arange(len(vocab))
+            ids = torch.arange(len(class_tokens))
         ids = ids.cpu()
         if length_buckets > 1 and len(ids) > length_buckets:
-            order = torch.argsort(vocab.lengths[ids], stable=True)
+            order = torch.argsort(class_tokens.lengths[ids], stable=True)
             groups = torch.tensor_split(ids[order], length_buckets)
-            features = torch.cat([self._encode(backbone, vocab, g) for g in groups if len(g)])
+            features = torch.cat([self._encode(backbone, class_tokens, g) for g in groups if len(g)])
             return features[torch.argsort(order)]
-        return self._encode(backbone, vocab, ids)
+        return self._encode(backbone, class_tokens, ids)
 
-    def _encode(self, backbone: Backbone, vocab: ClassTokens, ids: torch.Tensor) -> torch.Tensor:
-        lengths = vocab.lengths[ids]
-        tokens = vocab.tokens[ids, : int(lengths.max())].to(backbone.device)
+    def _encode(self, backbone: Backbone, class_tokens: ClassTokens, ids: torch.Tensor) -> torch.Tensor:
+        lengths = class_tokens.lengths[ids]
+        tokens = class_tokens.tokens[ids, : int(lengths.max())].to(backbone.device)
         with torch.no_grad():
             embeddings = backbone.embed_tokens(tokens)
-        start = vocab.start
+        start = class_tokens.start
         ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(len(ids), -1, -1)
         embeddings = torch.cat([embeddings[:, :start], ctx, embeddings[:, start + self.n_ctx :]], dim=1)
         features = backbone.encode_text_embeddings(embeddings, tokens)
@@ -231,13 +236,13 @@ class Prompt(nn.Module):
         Keeps the graph to `ctx` when grad is enabled (use `torch.no_grad()` for evaluation). `source`
         (the names file or data the classes came from) is named if a class does not fit.
         """
-        vocab = (classnames if isinstance(classnames, ClassTokens)
+        class_tokens = (classnames if isinstance(classnames, ClassTokens)
                  else self.tokenize_classes(backbone, classnames, source))
-        ids = torch.arange(len(vocab)) if ids is None else ids.cpu()
+        ids = torch.arange(len(class_tokens)) if ids is None else ids.cpu()
         if chunk_size is None or len(ids) <= chunk_size:
-            return self(backbone, vocab, ids)
-        order = torch.argsort(vocab.lengths[ids], stable=True)
-        chunks = [self(backbone, vocab, ids[order[i : i + chunk_size]]) for i in range(0, len(ids), chunk_size)]
+            return self(backbone, class_tokens, ids)
+        order = torch.argsort(class_tokens.lengths[ids], stable=True)
+        chunks = [self(backbone, class_tokens, ids[order[i : i + chunk_size]]) for i in range(0, len(ids), chunk_size)]
         features = torch.cat(chunks)
         return features[torch.argsort(order)]
 

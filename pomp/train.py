@@ -50,6 +50,7 @@ from pomp.data.folder import (
 )
 from pomp.data.imagenet21k import resolve_names
 from pomp.data.transforms import MultiView, train_transform
+from pomp.deprecation import renamed_keywords
 from pomp.evaluate import prompt_classifier, zero_shot_metrics
 from pomp.io import (
     RunLock,
@@ -446,11 +447,12 @@ class BatchPlan:
 
 
 # --- one step ----------------------------------------------------------------------------------
+@renamed_keywords(vocab="class_tokens")
 def encode_and_backward(
     model: torch.nn.Module,
     prompt: Prompt,
     backbone: Backbone,
-    vocab: ClassTokens,
+    class_tokens: ClassTokens,
     image_features: torch.Tensor,
     labels: torch.Tensor,
     negative_ids: torch.Tensor,
@@ -469,18 +471,18 @@ def encode_and_backward(
     def loss_of(class_features: torch.Tensor) -> torch.Tensor:
         return local_contrast_loss(
             image_features, class_features[inverse[:b].to(device)], class_features[inverse[b:].to(device)],
-            labels, negative_ids.to(device), len(vocab), logit_scale, cfg.local_correction, cfg.margin,
+            labels, negative_ids.to(device), len(class_tokens), logit_scale, cfg.local_correction, cfg.margin,
         )
 
     amp = autocast_for(device, cfg.precision)
     if b == 0:  # every image of this batch was unreadable: contribute a zero gradient (keeps DDP in step)
         with amp:
-            loss = model(backbone, vocab, class_ids[:1]).sum() * 0.0
+            loss = model(backbone, class_tokens, class_ids[:1]).sum() * 0.0
         loss.backward()
         return loss.detach()
     if len(class_ids) <= cfg.text_chunk_size:
         with amp:
-            class_features = model(backbone, vocab, class_ids, cfg.length_buckets)
+            class_features = model(backbone, class_tokens, class_ids, cfg.length_buckets)
         loss = loss_of(class_features)
         (loss * grad_scale).backward()
         return loss.detach()
@@ -488,7 +490,7 @@ def encode_and_backward(
     # gradient caching: features without graph -> dL/dfeatures -> re-encode chunks with graph
     chunks = list(torch.split(class_ids, cfg.text_chunk_size))
     with torch.no_grad(), amp:
-        cached = torch.cat([prompt(backbone, vocab, chunk, cfg.length_buckets) for chunk in chunks])
+        cached = torch.cat([prompt(backbone, class_tokens, chunk, cfg.length_buckets) for chunk in chunks])
     cached.requires_grad_(True)
     loss = loss_of(cached)
     loss.backward()
@@ -497,7 +499,7 @@ def encode_and_backward(
     for j, chunk in enumerate(chunks):
         sync = j == len(chunks) - 1 or not isinstance(model, DistributedDataParallel)
         with (contextlib.nullcontext() if sync else model.no_sync()), amp:
-            features = model(backbone, vocab, chunk, cfg.length_buckets)
+            features = model(backbone, class_tokens, chunk, cfg.length_buckets)
         features.backward(grad[offset : offset + len(chunk)])
         offset += len(chunk)
     return loss.detach()
@@ -726,11 +728,11 @@ def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device
         yield feats.flatten(0, 1), labels.repeat_interleave(feats.shape[1]).to(device), skipped
 
 
-def _validate(prompt, backbone, vocab, val_features, dist_info, device) -> float | None:
+def _validate(prompt, backbone, class_tokens, val_features, dist_info, device) -> float | None:
     if val_features is None:
         return None
     with torch.no_grad():
-        classifier = prompt_classifier(prompt, backbone, vocab, chunk_size=2048)  # repeated names tie exactly
+        classifier = prompt_classifier(prompt, backbone, class_tokens, chunk_size=2048)  # repeated names tie exactly
         feats, labels = val_features
         correct = 0.0
         if len(labels):
@@ -832,9 +834,9 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
         raise ValueError(f"pre-training needs at least 2 classes, got {num_classes}")
 
     torch.manual_seed(cfg.seed + dist_info.rank)
-    prompt = Prompt.init(backbone, n_ctx=None if cfg.ctx_init else cfg.n_ctx, init=cfg.ctx_init, seed=cfg.seed)
+    prompt = Prompt.init(backbone, n_ctx=None if cfg.ctx_init else cfg.n_ctx, words=cfg.ctx_init, seed=cfg.seed)
     prompt.to(device)
-    vocab = prompt.tokenize_classes(backbone, train.classnames,
+    class_tokens = prompt.tokenize_classes(backbone, train.classnames,
                                     source=cfg.names or cfg.split_file or cfg.train_classes or cfg.train_root)
     optimizer = torch.optim.SGD([prompt.ctx], lr=cfg.warmup_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
@@ -951,7 +953,7 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
             negatives = sample_negatives(num_classes, k_minus_1, step_generator(cfg.seed, dist_info.rank, step))
             optimizer.zero_grad(set_to_none=True)
             grad_scale = scaler.get_scale() if scaler is not None else 1.0
-            loss = encode_and_backward(model, prompt, backbone, vocab, image_features, labels, negatives, cfg,
+            loss = encode_and_backward(model, prompt, backbone, class_tokens, image_features, labels, negatives, cfg,
                                        logit_scale, grad_scale)
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -987,7 +989,7 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
                 break
             end_of_epoch = state["global_step"] % plan.steps_per_epoch == 0
             if end_of_epoch:
-                val_acc = _validate(prompt, backbone, vocab, val_features, dist_info, device)
+                val_acc = _validate(prompt, backbone, class_tokens, val_features, dist_info, device)
                 record = {"epoch": epoch, "step": state["global_step"], "val_acc1": val_acc}
                 state["history"].append(record)
                 improved = val_acc is None or state["best_val_acc1"] is None or val_acc > state["best_val_acc1"]

@@ -68,7 +68,7 @@ def _tokenizer(tokenizer, name: str) -> str:
 def check(name: str, folder: Path) -> dict:
     model, tokenizer = build_shrunk(name, folder)
     backbone = pomp.load_backbone(model, tokenizer=tokenizer)
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, CLASSES)
         reference = model.encode_text(tokenizer([f"a photo of a {c}." for c in CLASSES]), normalize=True)

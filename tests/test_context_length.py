@@ -36,7 +36,7 @@ def test_the_token_counts_used_here():
 
 
 def test_a_prompt_that_fills_the_context_exactly_is_accepted(backbone):
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     fits = cats(CONTEXT - 1 - 4 - 1 - 1)  # start, context, name, ".", end
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, [fits, "dog"])
@@ -51,7 +51,7 @@ def test_a_prompt_that_fills_the_context_exactly_is_accepted(backbone):
 
 def test_the_same_boundary_on_a_transformers_clip(hf_backbone, reference):  # noqa: F811
     model, tokenizer = reference
-    prompt = Prompt.init(hf_backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(hf_backbone, n_ctx=None, words="a photo of a")
     fits = cats(CONTEXT - 7)
     with torch.no_grad():
         ours = prompt.encode_class_features(hf_backbone, [fits, "dog"])

@@ -53,7 +53,7 @@ def test_fast_path_is_default_and_taken(backbone, monkeypatch):
 
 
 def test_init_from_words_equals_open_clip_encode_text(backbone):
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     ref_tokens = backbone.tokenize([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
     with torch.no_grad():
         ref = backbone.model.encode_text(ref_tokens, normalize=True)

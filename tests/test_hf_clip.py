@@ -153,7 +153,7 @@ def hf_image_features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def word_init_features(backbone, names=NAMES, chunk_size=1024) -> torch.Tensor:
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     assert prompt.n_ctx == 4
     with torch.no_grad():
         return prompt.encode_class_features(backbone, names, chunk_size=chunk_size)
@@ -377,7 +377,7 @@ def test_load_errors(hf_dir, tmp_path):
 
 # --- (1) text: learned-context path == transformers' own text features -------------------------
 def test_word_init_prompt_equals_get_text_features(hf_backbone, reference):
-    """`Prompt.init(init="a photo of a")` spliced into "X X X X <name>." == HF on "a photo of a <name>."."""
+    """`Prompt.init(words="a photo of a")` spliced into "X X X X <name>." == HF on "a photo of a <name>."."""
     model, tokenizer = reference
     expected = hf_text_features(model, tokenizer, photo_texts())
     got = word_init_features(hf_backbone)
@@ -530,7 +530,7 @@ def test_pretrain_and_eval_end_to_end(hf_dir, class_folders, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] and summary["global_step"] == summary["total_steps"] > 0
     assert summary["best_val_acc1"] is not None and 0.0 <= summary["best_val_acc1"] <= 1.0
-    init = Prompt.init(pomp.load_backbone(backbone_name), n_ctx=None, init="a photo of a")
+    init = Prompt.init(pomp.load_backbone(backbone_name), n_ctx=None, words="a photo of a")
     assert not torch.allclose(prompt.ctx, init.ctx)  # the context moved
 
     out = tmp_path / "eval"

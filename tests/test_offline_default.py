@@ -109,7 +109,7 @@ def test_prompt_from_words_equals_sentence_transformers_reference(backbone):
     assert torch.allclose(reference.norm(dim=-1), torch.ones(len(texts)), atol=1e-5)  # the model's Normalize module
     expected = _mapped(backbone, reference)
 
-    prompt = pomp.Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = pomp.Prompt.init(backbone, n_ctx=None, words="a photo of a")
     assert prompt.n_ctx == 4
     with torch.no_grad():
         got = prompt.encode_class_features(backbone, CLASSNAMES)

@@ -81,7 +81,7 @@ def test_family(name, has_dense, zoo_dir):
     assert name in open_clip.list_models()
 
     # a words-initialised prompt gives the model's own features of the hand-crafted prompt
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, CLASSES)
     reference = own_text_features(model, tokenizer, [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES])
@@ -134,7 +134,7 @@ def test_layout_is_found_in_the_tokenized_prompt(name, start, first_differs, zoo
 def test_class_name_starting_with_the_placeholder_token(zoo_dir):
     """SigLIP lowercases: "x ray" starts with the placeholder's own token, right after the context."""
     model, tokenizer, backbone = family("ViT-B-16-SigLIP", zoo_dir)
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     vocab = prompt.tokenize_classes(backbone, ["x ray", "X-ray machine"])
     assert vocab.start == 0
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_placeholder_that_splits_falls_back_to_one_that_does_not(zoo_dir, tmp_pa
     backbone = pomp.load_backbone(model, tokenizer=tokenizer)
     layout = backbone.prompt_layout(4)
     assert layout.placeholder not in ("X", "x") and layout.start == 0
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, CLASSES)
     reference = own_text_features(model, tokenizer, [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES])
@@ -180,19 +180,19 @@ def test_left_padding_tokenizer_is_refused(zoo_dir, tmp_path):
 def test_init_words_on_a_bidirectional_tower_count_their_own_tokens(zoo_dir):
     """MobileCLIP-S: "a photo of a" is 4 tokens (not context length - 2), and n_ctx=4 is accepted."""
     model, tokenizer, backbone = family("MobileCLIP-S1", zoo_dir)
-    prompt = Prompt.init(backbone, n_ctx=4, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=4, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, ["cat"])
     torch.testing.assert_close(ours, own_text_features(model, tokenizer, ["a photo of a cat."]), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="is 4 tokens but n_ctx=3; pass n_ctx=4"):
-        Prompt.init(backbone, n_ctx=3, init="a photo of a")
+        Prompt.init(backbone, n_ctx=3, words="a photo of a")
 
 
 def test_init_words_must_match_n_ctx_on_a_tokenizer_without_start_token(zoo_dir):
     _, tokenizer, backbone = family("ViT-L-14-worldwide", zoo_dir)
     pieces = len(tokenizer.tokenizer.tokenize("a photo of a"))  # the stand-in's pieces, no special tokens
     with pytest.raises(ValueError, match=f"is {pieces} tokens but n_ctx=2; pass n_ctx={pieces}"):
-        Prompt.init(backbone, n_ctx=2, init="a photo of a")
+        Prompt.init(backbone, n_ctx=2, words="a photo of a")
     assert Prompt.init(backbone, n_ctx=pieces, init="a photo of a").n_ctx == pieces
 
 
@@ -203,7 +203,7 @@ def test_class_name_holding_the_pad_token_on_a_hugging_face_tower(name, zoo_dir)
     is refused in one line; other special tokens inside a name ("</s>") are read as the model reads them."""
     model, tokenizer, backbone = family(name, zoo_dir)
     pad = tokenizer.tokenizer.pad_token
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with pytest.raises(ValueError, match=rf"names\.txt: class 'my {pad} cat'.*padding token.*masks out"):
         prompt.tokenize_classes(backbone, ["cat", f"my {pad} cat"], source="names.txt")
     from pomp.evaluate import build_classifier
@@ -256,7 +256,7 @@ def test_padding_masked_bidirectional_tower_cuts_exactly():
     backbone = pomp.load_backbone(model.eval(), tokenizer=tokenizer)
     tokens = tokenizer(["a photo of a cat.", "a dog."])
     assert not backbone.causal and backbone.sequence_lengths(tokens).tolist() == [8, 5]  # <sot> ... <eot>
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, ["cat", "golden retriever"])
     reference = own_text_features(model, tokenizer, ["a photo of a cat.", "a photo of a golden retriever."])
@@ -416,7 +416,7 @@ def test_wrapped_model_object_is_unwrapped(wrap, zoo_dir, monkeypatch):
         wrapped = torch.compile(model)
     backbone = pomp.load_backbone(wrapped, tokenizer=tokenizer)
     assert backbone.model is model and backbone.name == "CLIP" and backbone.identity["architecture"] == "CLIP"
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, ["cat"])
     torch.testing.assert_close(ours, own_text_features(model, tokenizer, ["a photo of a cat."]), atol=ATOL, rtol=0)
@@ -449,7 +449,7 @@ def test_what_is_not_a_model_is_named(zoo_dir, tiny_config):
                                   "coca_ViT-B-32"])
 def test_exact_fit_is_accepted_and_one_more_word_is_refused(name, zoo_dir):
     model, tokenizer, backbone = family(name, zoo_dir)
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     context = tokenizer(["a"]).shape[1]
     words = 1
     while True:  # the longest name of repeated words whose prompt still fits whole
@@ -518,7 +518,7 @@ def test_family_in_low_precision(name, has_dense, precision, zoo_dir):
     reference_model, tokenizer, reference = family(name, zoo_dir)
     model, _ = build_shrunk(name, zoo_dir, precision=precision)
     backbone = pomp.load_backbone(model, tokenizer=tokenizer)
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, CLASSES[:3])
     texts = [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES[:3]]

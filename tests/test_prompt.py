@@ -1,5 +1,7 @@
 """The prompted text path against open_clip's own text encoder, and prompt files."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ def reference_features(backbone, texts):
 
 
 def test_init_from_words_equals_open_clip_encode_text(backbone):
-    prompt = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    prompt = Prompt.init(backbone, n_ctx=None, words="a photo of a")
     assert prompt.n_ctx == 4
     with torch.no_grad():
         ours = prompt.encode_class_features(backbone, NAMES)
@@ -48,7 +50,7 @@ def test_chunked_encoding_equals_one_pass(backbone):
 
 def test_init_n_ctx_must_match_words(backbone):
     with pytest.raises(ValueError, match="n_ctx"):
-        Prompt.init(backbone, n_ctx=2, init="a photo of a")
+        Prompt.init(backbone, n_ctx=2, words="a photo of a")
 
 
 def test_only_ctx_gets_gradient(backbone):
@@ -92,3 +94,29 @@ def test_length_buckets_give_the_same_features_and_gradient(backbone):
         grads.append(prompt.ctx.grad)
     torch.testing.assert_close(feats[1], feats[0], atol=2e-6, rtol=0)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * float(grads[0].abs().max()), rtol=1e-4)
+
+
+# --- renamed keywords: the old names still work, with a DeprecationWarning -------------------------
+def test_init_takes_words_and_its_old_name_init_with_a_warning(backbone):
+    new = Prompt.init(backbone, n_ctx=None, words="a photo of a")
+    with pytest.warns(DeprecationWarning, match=r"Prompt\.init\(init=\.\.\.\) is deprecated: pass words="):
+        old = Prompt.init(backbone, n_ctx=None, init="a photo of a")
+    assert torch.equal(old.ctx, new.ctx) and old.meta == new.meta and new.meta["init"] == "a photo of a"
+    with pytest.warns(DeprecationWarning):
+        random_old = Prompt.init(backbone, 4, init=None, seed=2)
+    assert torch.equal(random_old.ctx, Prompt.init(backbone, 4, seed=2).ctx)
+    with pytest.raises(TypeError, match="give words= only"):
+        Prompt.init(backbone, n_ctx=None, words="a photo of", init="a photo of a")
+
+
+def test_forward_takes_class_tokens_and_its_old_name_vocab_with_a_warning(backbone):
+    prompt = Prompt.init(backbone, n_ctx=4, seed=5)
+    class_tokens = prompt.tokenize_classes(backbone, NAMES)
+    with torch.no_grad():
+        positional = prompt(backbone, class_tokens)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the new name warns about nothing
+            new = prompt(backbone, class_tokens=class_tokens)
+        with pytest.warns(DeprecationWarning, match=r"forward\(vocab=\.\.\.\) is deprecated: pass class_tokens="):
+            old = prompt(backbone, vocab=class_tokens)
+    assert torch.equal(new, positional) and torch.equal(old, positional)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,20 @@ def test_torchrun_two_processes(class_folders, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["global_step"] == 12
     assert Prompt.load(out / "prompt.safetensors").ctx.isfinite().all()
+
+
+def test_step_takes_class_tokens_and_its_old_name_vocab_with_a_warning(backbone):
+    names, img, labels, negatives = _step_inputs(backbone, seed=2)
+    results = []
+    for keyword in ("class_tokens", "vocab"):
+        prompt = Prompt.init(backbone, n_ctx=4, seed=0)
+        tokens = {keyword: prompt.tokenize_classes(backbone, names)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = encode_and_backward(prompt, prompt, backbone, image_features=img, labels=labels,
+                                       negative_ids=negatives, cfg=PretrainConfig(), logit_scale=10.0, **tokens)
+        deprecations = [str(w.message) for w in caught if w.category is DeprecationWarning]
+        assert deprecations == (["encode_and_backward(vocab=...) is deprecated: pass class_tokens=..."]
+                                if keyword == "vocab" else [])
+        results.append((loss, prompt.ctx.grad.clone()))
+    assert torch.equal(results[1][0], results[0][0]) and torch.equal(results[1][1], results[0][1])
