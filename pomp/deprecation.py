@@ -1,8 +1,10 @@
-"""Old names of public keyword arguments, still accepted for a while with a DeprecationWarning."""
+"""Old names that still work for a while, with a DeprecationWarning: keyword arguments that were renamed, and
+module attributes that moved to another module."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 
 
@@ -26,3 +28,18 @@ def renamed_keywords(**new_by_old: str):
         return wrapper
 
     return decorate
+
+
+def moved_names(module: str, new_homes: dict[str, str]):
+    """A module `__getattr__` for names that moved out of `module`: `new_homes` maps each old name to the module
+    that now defines it (`{"load_any": "pomp.interop"}`); the name is looked up there on first use, with a
+    DeprecationWarning. The new home is imported by its name, so the old module does not depend on it: a module
+    that moved names upward (to one that imports it) stays below it in the import graph."""
+
+    def __getattr__(name: str):
+        if name not in new_homes:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {new_homes[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new_homes[name]), name)
+
+    return __getattr__

@@ -20,7 +20,7 @@ from torch import nn
 
 from pomp.backbones.base import PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
-from pomp.deprecation import renamed_keywords
+from pomp.deprecation import moved_names, renamed_keywords
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.io import atomic_write, atomic_write_json, atomic_write_safetensors, read_json
 from pomp.version import __version__
@@ -308,16 +308,8 @@ class Prompt(nn.Module):
         }
 
 
-# The importers and exporters of other systems' files moved to pomp.interop; these names still import from here.
-_MOVED_TO_INTEROP = ("load_official", "save_official", "load_any")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_INTEROP:
-        from pomp import interop
-
-        return getattr(interop, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The readers and writers of other systems' prompt files moved to pomp.interop, which builds on this module.
+__getattr__ = moved_names(__name__, dict.fromkeys(("load_official", "save_official", "load_any"), "pomp.interop"))
 
 
 __all__ = ["Prompt", "ClassTokens", "clean_classname"]

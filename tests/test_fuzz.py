@@ -34,7 +34,8 @@ from pomp.data.folder import (
     read_split_file,
 )
 from pomp.data.synthetic import make_class_folders
-from pomp.prompt import Prompt, load_official, save_official
+from pomp.interop import load_official, save_official
+from pomp.prompt import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "tests/assets/tiny-clip.json")
