@@ -39,16 +39,15 @@ from tqdm.auto import tqdm
 from pomp.backbones import Backbone, load_backbone
 from pomp.data.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels, weights_fingerprint
 from pomp.data.folder import (
-    STOP_SIGNALS,
     ImageDataset,
     LabelledImages,
+    STOP_SIGNALS,
     collate_skipping,
     ignore_interrupts_in_worker,
-    load_or_make_split,
-    read_split_file,
     scan_class_folders,
 )
 from pomp.data.imagenet21k import resolve_names
+from pomp.data.splits import load_or_make_split, read_split_file
 from pomp.data.transforms import MultiView, train_transform
 from pomp.deprecation import renamed_keywords
 from pomp.evaluate import prompt_classifier, zero_shot_metrics

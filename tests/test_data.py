@@ -5,17 +5,9 @@ import json
 import pytest
 import torch
 
-from pomp.data.folder import (
-    ImageDataset,
-    collate_skipping,
-    few_shot_split,
-    load_or_make_split,
-    read_names_file,
-    read_split_file,
-    scan_class_folders,
-    write_split_file,
-)
+from pomp.data.folder import ImageDataset, collate_skipping, read_names_file, scan_class_folders
 from pomp.data.imagenet21k import classnames, names_mapping, synsets
+from pomp.data.splits import few_shot_split, load_or_make_split, read_split_file, write_split_file
 from pomp.data.transforms import ImageSpec, MultiView, eval_transform, train_transform
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pomp.data.folder import read_names_file, scan_class_folders
+from pomp.data.splits import read_split_file
 from pomp.demo import data as demo
-from pomp.data.folder import read_names_file, read_split_file, scan_class_folders
 
 
 def entry(unified, name, category="Smileys & Emotion", subcategory="face-smiling", order=0,

@@ -25,14 +25,9 @@ from PIL import Image
 
 import pomp.train as train_module
 from pomp.cli import main
-from pomp.data.folder import (
-    LabelledImages,
-    load_or_make_split,
-    load_rgb,
-    read_class_list,
-    read_names_file,
-    read_split_file,
-)
+from pomp.data.folder import LabelledImages, read_class_list, read_names_file
+from pomp.data.images import load_rgb
+from pomp.data.splits import load_or_make_split, read_split_file
 from pomp.data.synthetic import make_class_folders
 from pomp.interop import load_official, save_official
 from pomp.prompt import Prompt

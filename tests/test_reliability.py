@@ -33,11 +33,13 @@ from PIL import Image
 
 import pomp.train as train_module
 from pomp.cli import main
-from pomp.data.folder import ImageDataset, load_rgb, read_names_file, scan_class_folders, write_split_file
+from pomp.data.folder import ImageDataset, read_names_file, scan_class_folders
+from pomp.data.images import load_rgb
+from pomp.data.splits import write_split_file
 from pomp.data.synthetic import make_class_folders
 from pomp.data.transforms import ImageSpec, eval_transform
-from pomp.io import atomic_write, atomic_write_safetensors, atomic_write_text, check_writable_dir, remove_stale_temp_files
 from pomp.interop import load_any, load_official
+from pomp.io import atomic_write, atomic_write_safetensors, atomic_write_text, check_writable_dir, remove_stale_temp_files
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, load_checkpoint, pretrain
 

@@ -16,7 +16,8 @@ import torch
 from pomp.cli import main as cli_main
 from pomp.data.features import (cache_key, cached_image_features, compute_feature_part, extract_image_features,
                            merge_feature_parts)
-from pomp.data.folder import ImageDataset, LabelledImages, read_split_file, scan_class_folders
+from pomp.data.folder import ImageDataset, LabelledImages, scan_class_folders
+from pomp.data.splits import read_split_file
 from pomp.data.synthetic import make_class_folders
 from pomp.data.transforms import MultiView, train_transform
 from pomp.prompt import Prompt

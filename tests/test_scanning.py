@@ -29,14 +29,8 @@ from PIL import Image
 
 from pomp.cli import main
 from pomp.data.features import cached_image_features, compute_image_features
-from pomp.data.folder import (
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    list_image_files,
-    load_rgb,
-    read_names_file,
-    scan_class_folders,
-)
+from pomp.data.folder import ImageDataset, list_image_files, read_names_file, scan_class_folders
+from pomp.data.images import IMAGE_EXTENSIONS, load_rgb
 from pomp.data.suite_layouts import LAYOUT_BY_KEY, class_list, load_test_set
 from pomp.data.synthetic import make_class_folders
 

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 pytest.importorskip("webdataset")
 
 from pomp.cli import main as cli_main  # noqa: E402
-from pomp.data.folder import few_shot_split, read_split_file, scan_class_folders  # noqa: E402
+from pomp.data.folder import scan_class_folders  # noqa: E402
 from pomp.data.shards import ShardSet, ShardStream, assign_shards, write_shards  # noqa: E402
+from pomp.data.splits import few_shot_split, read_split_file  # noqa: E402
 from pomp.data.synthetic import make_class_folders  # noqa: E402
 from pomp.prompt import Prompt  # noqa: E402
 from pomp.train import PretrainConfig, pretrain  # noqa: E402

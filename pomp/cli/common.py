@@ -63,8 +63,9 @@ def refuse_unused_data_options(specs: list[str], image_root: str | None, names: 
 def load_eval_data(specs: list[str], split: str, image_root: str | None, names: str | None):
     """The datasets of `--data` (class folders or split JSON files), each with a distinct name
     (`pomp.data.folder.unique_dataset_names`): result files, table columns and cache folders."""
-    from pomp.data.folder import read_split_file, scan_class_folders, unique_dataset_names
+    from pomp.data.folder import scan_class_folders, unique_dataset_names
     from pomp.data.imagenet21k import resolve_names
+    from pomp.data.splits import read_split_file
 
     datasets = []
     for spec, name in zip(specs, unique_dataset_names(specs)):

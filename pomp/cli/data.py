@@ -20,8 +20,9 @@ NAMES_HELP = "names file ('folder<TAB>name' lines), or 'imagenet21k-p' for timm'
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from pomp.data.folder import few_shot_split, scan_class_folders, write_split_file
+    from pomp.data.folder import scan_class_folders
     from pomp.data.imagenet21k import resolve_names
+    from pomp.data.splits import few_shot_split, write_split_file
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -41,9 +42,10 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_shard(args: argparse.Namespace) -> int:
-    from pomp.data.folder import read_split_file, scan_class_folders
+    from pomp.data.folder import scan_class_folders
     from pomp.data.imagenet21k import resolve_names
     from pomp.data.shards import CLASSES, MANIFEST, write_shards
+    from pomp.data.splits import read_split_file
     from pomp.io import read_json
 
     if bool(args.split_file) == bool(args.train_root):
@@ -88,8 +90,9 @@ def cmd_data_check_names(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.features import extract_image_features
-    from pomp.data.folder import ImageDataset, few_shot_split, read_split_file, scan_class_folders
+    from pomp.data.folder import ImageDataset, scan_class_folders
     from pomp.data.imagenet21k import resolve_names
+    from pomp.data.splits import few_shot_split, read_split_file
     from pomp.data.transforms import MultiView, train_transform
     from pomp.io import check_writable_dir, process_tag
     from pomp.train import init_distributed

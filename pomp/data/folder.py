@@ -1,50 +1,27 @@
-"""Labelled image sets on disk: class folders, names files, k-shot splits and CoOp split files.
+"""Labelled image sets on disk: class folders scanned into `LabelledImages` (one listing every folder reader uses,
+with what it left out counted), and the dataset that reads their images through a transform.
 
-A split file (ours and CoOp's `split_zhou_*.json`) maps split names to samples:
-`{"train": [[relative_path, label, classname], ...], "val": [...], "test": [...]}`.
+Split files and k-shot splits: `pomp.data.splits`; decoding an image file: `pomp.data.images`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import os
-import random
 import signal
 import unicodedata
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from pomp.data.images import IMAGE_EXTENSIONS, load_rgb
 from pomp.data.names import clean_classname
 from pomp.data.names import read_class_list, read_names_file  # noqa: F401  (read here before pomp.data.names)
-from pomp.io import atomic_write_json, read_json
 
-
-def _openable_extensions() -> frozenset[str]:
-    """Every file extension PIL registers for a format it can decode (.jpg, .jfif, .png, .webp, .avif,
-    .tga, .tif, .pgm...). Left out: stub formats PIL only identifies (HDF5, GRIB, BUFR, WMF) and
-    MPEG, whose plugin parses the header only."""
-    Image.init()
-    out = set()
-    for ext, fmt in Image.registered_extensions().items():
-        opener = Image.OPEN.get("JPEG" if fmt == "MPO" else fmt, (None,))[0]  # MPO files open through JPEG
-        stub = inspect.isclass(opener) and issubclass(opener, ImageFile.StubImageFile)
-        if opener is not None and not stub and fmt != "MPEG":
-            out.add(ext.lower())
-    return frozenset(out)
-
-
-IMAGE_EXTENSIONS = _openable_extensions()
-MAX_IMAGE_PIXELS = 8192 * 8192
 # folders other systems add to archives and disks: never classes, never scanned
 SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "lost+found", "$RECYCLE.BIN", "System Volume Information"})
 
@@ -275,292 +252,6 @@ def unique_dataset_names(paths: Sequence[str | Path]) -> list[str]:
             return names
         for i in clashes:
             depth[i] += 1
-
-
-# --- split files -------------------------------------------------------------------------------
-def read_split_file(path: str | Path, split: str, image_root: str | Path | None = None) -> LabelledImages:
-    """Read one split of a CoOp-format split file; class names come from the file.
-
-    Images are relative to `image_root` (default: the split file's directory). Missing images,
-    inconsistent names or non-contiguous labels are errors naming the file.
-    """
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict) or split not in data:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: no {split!r} split (has {keys})")
-    root = Path(image_root) if image_root is not None else path.parent
-    names: dict[int, str] = {}
-    for split_name, entries in data.items():
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: split {split_name!r} must be a list of [path, label, classname]")
-        for entry in entries:
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                    and isinstance(entry[1], int) and not isinstance(entry[1], bool) and isinstance(entry[2], str)):
-                raise ValueError(f"{path}: split {split_name!r} has a malformed entry {entry!r}")
-            label, name = entry[1], clean_classname(entry[2])
-            if label < 0:
-                raise ValueError(f"{path}: negative label {label} in entry {entry!r}")
-            if not name:
-                raise ValueError(f"{path}: empty class name in entry {entry!r}")
-            if names.setdefault(label, name) != name:
-                raise ValueError(f"{path}: label {label} is named both {names[label]!r} and {name!r}")
-    if sorted(names) != list(range(len(names))):
-        raise ValueError(f"{path}: labels must be 0..C-1 without gaps (found {len(names)} labels, max {max(names)})")
-    samples = [(rel, label) for rel, label, _ in data[split]]
-    if not samples:
-        raise ValueError(f"{path}: split {split!r} is empty")
-    missing = [rel for rel, _ in samples if not _is_file(root / rel)]
-    if missing:
-        raise FileNotFoundError(f"{path}: {len(missing)} of {len(samples)} {split!r} images missing under {root} "
-                                f"(e.g. {missing[0]!r})")
-    classnames = [names[i] for i in range(len(names))]
-    return LabelledImages(root, samples, classnames, path.stem)
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # e.g. a name too long for the file system
-        return False
-
-
-def write_split_file(path: str | Path, splits: dict[str, LabelledImages]) -> Path:
-    """Write samples in the CoOp split format (atomically)."""
-    data = {
-        split: [[rel, label, images.classnames[label]] for rel, label in images.samples]
-        for split, images in splits.items()
-    }
-    return atomic_write_json(path, data)
-
-
-def few_shot_split(
-    images: LabelledImages,
-    shots: int,
-    val_per_class: int = 0,
-    seed: int = 0,
-) -> dict[str, LabelledImages]:
-    """Per class, `shots` training images and up to `val_per_class` validation images, seeded.
-
-    Classes with fewer than `shots` images keep all they have for training (and give no val).
-    """
-    if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for rel, label in images.samples:
-        by_class[label].append(rel)
-    rng = random.Random(seed)
-    train, val = [], []
-    for label in range(len(images.classnames)):
-        files = sorted(by_class.get(label, []))
-        rng.shuffle(files)
-        train += [(rel, label) for rel in files[:shots]]
-        val += [(rel, label) for rel in files[shots : shots + val_per_class]]
-    out = {"train": LabelledImages(images.root, train, images.classnames, images.name)}
-    if val_per_class > 0 and val:
-        out["val"] = LabelledImages(images.root, val, images.classnames, images.name)
-    return out
-
-
-def split_parameters(images: LabelledImages, shots: int, val_per_class: int, seed: int) -> dict:
-    """What makes a k-shot split: data root, class list, shots, val per class, seed."""
-    classes = hashlib.sha256(json.dumps(images.classnames, ensure_ascii=False).encode()).hexdigest()[:16]
-    return {"root": str(Path(images.root).resolve()), "num_classes": len(images.classnames), "classes": classes,
-            "shots": shots, "val_per_class": val_per_class, "split_seed": seed}
-
-
-def _params_path(split_path: Path) -> Path:
-    return split_path.with_name(split_path.stem + "_params.json")
-
-
-def load_or_make_split(
-    split_path: str | Path,
-    images: LabelledImages,
-    shots: int,
-    val_per_class: int,
-    seed: int,
-    reuse: bool = True,
-) -> dict[str, LabelledImages]:
-    """A k-shot split saved at `split_path` with the parameters that made it (`<stem>_params.json`).
-
-    With `reuse` (a resumed run) a saved split is read back, provided it was made with these
-    parameters and class list; otherwise a `ValueError` names the file and each difference.
-    Without `reuse`, or when none is saved, the split is made and saved (replacing a stale one).
-    """
-    split_path = Path(split_path)
-    params = split_parameters(images, shots, val_per_class, seed)
-    params_path = _params_path(split_path)
-    if reuse and split_path.is_file():
-        saved = read_json(params_path) if params_path.is_file() else None  # None: saved by an older pomp
-        splits = {s: read_split_file(split_path, s, images.root) for s in read_json(split_path)}
-        if "train" not in splits:
-            raise ValueError(f"{split_path}: saved split has no 'train' split (has {sorted(splits)})")
-        saved_names = splits["train"].classnames
-        if saved_names != images.classnames:
-            raise ValueError(f"{split_path}: saved split's class list differs from the dataset's "
-                             f"({_first_difference(saved_names, images.classnames)})")
-        # the root is where the images are, not which: a moved copy keeps its split (the files are checked above)
-        diffs = [f"{k} {saved.get(k)!r} -> {params.get(k)!r}" for k in params
-                 if saved is not None and k != "root" and saved.get(k) != params.get(k)]
-        if diffs:
-            raise ValueError(f"{split_path}: the saved split was made with other parameters ({'; '.join(diffs)})")
-        return splits
-    splits = few_shot_split(images, shots, val_per_class, seed)
-    params_path.unlink(missing_ok=True)  # never a new split beside the old one's parameters
-    write_split_file(split_path, splits)
-    atomic_write_json(params_path, params)
-    return splits
-
-
-def _first_difference(saved: list[str], now: list[str]) -> str:
-    for i, (a, b) in enumerate(zip(saved, now)):
-        if a != b:
-            return f"class {i} is {a!r} in the split, {b!r} now"
-    return f"{len(saved)} classes in the split, {len(now)} now"
-
-
-# --- reading images ----------------------------------------------------------------------------
-def load_rgb(path) -> Image.Image:
-    """Open an image (a path or a binary file object) as 8-bit RGB, as the file means it
-    (see `to_rgb`); raises ValueError with the reason on anything unreadable.
-
-    TIFFs that PIL reads wrongly or not at all (several samples per pixel of more than 8 bits, as
-    16-bit RGB scans and microscopy write them; float RGB) are decoded by tifffile (`tiff_to_rgb`).
-    """
-    try:
-        try:
-            with warnings.catch_warnings():  # our own pixel limit applies below (PIL still refuses over 2x its own)
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(path)
-        except UnidentifiedImageError:
-            if _is_tiff(path):
-                return tiff_to_rgb(path)
-            raise
-        with img:
-            if img.width * img.height > MAX_IMAGE_PIXELS and img.format == "JPEG":
-                _decode_jpeg_smaller(img)  # a 108-megapixel phone photo or a large scan: decoded at 1/2..1/8
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
-            if _pil_misreads_tiff(img):
-                return tiff_to_rgb(path, fallback=None if img.tag_v2.get(284) == 2 else img)
-            return to_rgb(img)
-    except Exception as err:  # UnidentifiedImageError, OSError, DecompressionBombError, EOFError, struct.error...
-        raise ValueError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-
-
-def _decode_jpeg_smaller(img: Image.Image) -> None:
-    """Have the JPEG decoder scale by the smallest of 1/2, 1/4, 1/8 that brings `img` within
-    `MAX_IMAGE_PIXELS` (libjpeg's DCT scaling: no full-size image in memory); a no-op if none does."""
-    for scale in (2, 4, 8):
-        if (img.width // scale) * (img.height // scale) <= MAX_IMAGE_PIXELS:
-            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-img.width // scale), -(-img.height // scale)))
-            return
-
-
-def _is_tiff(source) -> bool:
-    if hasattr(source, "read"):
-        source.seek(0)
-        head = source.read(4)
-        source.seek(0)
-    else:
-        with open(source, "rb") as f:
-            head = f.read(4)
-    return head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
-
-
-def _pil_misreads_tiff(img: Image.Image) -> bool:
-    """TIFF samples wider than 8 bits that PIL reads wrongly: several per pixel (16-bit RGB: PIL keeps the
-    high byte, and garbles samples stored plane by plane), or min-is-white grey (PIL does not invert it)."""
-    if img.format != "TIFF":
-        return False
-    bits = img.tag_v2.get(258, (8,))  # BitsPerSample
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    several = int(img.tag_v2.get(277, 1)) > 1  # SamplesPerPixel
-    return max(bits) > 8 and (several or img.tag_v2.get(262) == 0)  # PhotometricInterpretation 0: min-is-white
-
-
-def tiff_to_rgb(source, fallback: Image.Image | None = None) -> Image.Image:
-    """The first page of a TIFF as 8-bit RGB, decoded by tifffile (the microscopy community's reader):
-    samples scaled as `to_rgb` scales grey ones (16-bit: round(v * 255 / 65535); floats: [0, 1], else
-    the image's own range, all channels together), extra alpha composited on white, TIFF orientation
-    applied. Photometric RGB, min-is-black (first sample) and min-is-white. When tifffile cannot decode
-    the file (a compression that needs the optional imagecodecs package, e.g. LZW), `fallback` (PIL's
-    reading, 8 bits kept) is used if given; otherwise the error is raised (source: TIFF 6.0)."""
-    import tifffile
-
-    if hasattr(source, "seek"):
-        source.seek(0)
-    try:
-        with tifffile.TiffFile(source) as tif:
-            page = tif.pages[0]
-            if page.imagewidth * page.imagelength > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{page.imagewidth}x{page.imagelength} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
-            array, axes, photometric = page.asarray(), page.axes, int(page.photometric)
-            extra = tuple(page.extrasamples or ())
-            orientation = int(page.tags[274].value) if 274 in page.tags else 1
-    except Exception:
-        if fallback is not None:
-            return to_rgb(fallback)
-        raise
-    if "S" in axes:  # samples last, whether stored per pixel (YXS) or per plane (SYX)
-        array = np.moveaxis(array, axes.index("S"), -1)
-    array = array.reshape(array.shape[-3:] if "S" in axes else array.shape[-2:])
-    if photometric == 2 and array.ndim == 3 and array.shape[-1] >= 3:  # RGB (+ extra samples)
-        alpha = array.shape[-1] > 3 and extra[:1] in ((1,), (2,))  # associated / unassociated alpha
-        pixels = np.ascontiguousarray(_high_depth_to_8bit(array)[..., :4 if alpha else 3])
-        mode = ("RGBa" if extra[:1] == (1,) else "RGBA") if alpha else "RGB"
-        img = Image.frombytes(mode, (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
-    elif photometric in (0, 1):  # min-is-white / min-is-black: the first sample is the grey level
-        grey = np.ascontiguousarray(_high_depth_to_8bit(array[..., 0] if array.ndim == 3 else array))
-        img = Image.frombytes("L", (grey.shape[1], grey.shape[0]), (255 - grey if photometric == 0 else grey).tobytes())
-    else:
-        raise ValueError(f"TIFF with photometric interpretation {photometric} and {page.bitspersample}-bit samples "
-                         f"is not supported")
-    img.getexif()[0x0112] = orientation  # applied by to_rgb, as PIL's own TIFF reading does
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB of any PIL mode, scaled rather than clipped.
-
-    - 16-bit greyscale (I;16, I;16B, I;16L, and I with values in 0..65535): v -> round(v * 255 / 65535);
-      other I images and F images: [0, 1] floats x 255, else the image's own min..max stretched to 0..255.
-    - Transparency (RGBA, LA, La, PA, RGBa, P or L/RGB with a transparent colour): composited on
-      white, as a viewer shows it (the demo data do the same), not the hidden colour under it.
-    - EXIF orientation applied (a phone photo stored sideways is read upright).
-    - Everything else (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX): PIL's own conversion.
-    """
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I") or img.mode.startswith("F"):
-        return Image.fromarray(_high_depth_to_8bit(np.asarray(img)), mode="L").convert("RGB")
-    if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
-        img = img.convert("RGBA")
-    elif img.mode == "La":
-        img = img.convert("LA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _high_depth_to_8bit(a: np.ndarray) -> np.ndarray:
-    """Samples of any depth as uint8, all channels scaled together: uint8 as they are; integers within
-    0..65535 as 16-bit (exact rounding of v * 255 / 65535); floats within [0, 1] x 255; else the
-    array's own finite min..max stretched to 0..255."""
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype.kind in "ui" and a.size and a.min() >= 0 and a.max() <= 65535:
-        return ((a.astype(np.uint64) * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257), exact
-    a = a.astype(np.float64)
-    finite = a[np.isfinite(a)]
-    if not finite.size:
-        return np.zeros(a.shape, np.uint8)
-    low, high = float(finite.min()), float(finite.max())
-    if a.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
-        low, high = 0.0, 1.0
-    scaled = (np.nan_to_num(a, nan=low, posinf=high, neginf=low) - low) / max(high - low, 1e-12) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 # Signals that ask a run to stop: Ctrl-C, a closed terminal (SIGHUP), `kill` and preemption by SLURM or

@@ -50,7 +50,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pomp.data.folder import LabelledImages, load_rgb
+from pomp.data.folder import LabelledImages
+from pomp.data.images import load_rgb
 from pomp.data.names import read_class_list
 from pomp.io import WriteError, atomic_write_json, atomic_write_text, read_json
 

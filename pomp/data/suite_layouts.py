@@ -30,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pomp.data.folder import LabelledImages, SkippedFiles, list_class_folders, list_image_files, read_split_file
+from pomp.data.folder import LabelledImages, SkippedFiles, list_class_folders, list_image_files
 from pomp.data.names import clean_classname
+from pomp.data.splits import read_split_file
 
 COOP_DATASETS_MD = "CoOp DATASETS.md and datasets/*.py (github.com/KaiyangZhou/CoOp)"
 

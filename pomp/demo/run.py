@@ -24,7 +24,8 @@ import torch
 
 from pomp.backbones import load_backbone
 from pomp.data.features import cached_image_features
-from pomp.data.folder import ImageDataset, read_split_file
+from pomp.data.folder import ImageDataset
+from pomp.data.splits import read_split_file
 from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
 from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir
 from pomp.prompt import Prompt

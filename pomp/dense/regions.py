@@ -165,7 +165,7 @@ def detect(
     `classifier` rows follow `gt["categories"]` in file order. Extra stats: boxes classified and,
     with ground-truth boxes, the fraction whose top-1 class is the annotated one (`box_acc1`).
     """
-    from pomp.data.folder import load_rgb
+    from pomp.data.images import load_rgb
 
     categories = gt["categories"]
     if classifier.shape[0] != len(categories):

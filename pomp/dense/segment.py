@@ -139,7 +139,7 @@ class SegmentationSet:
         raise FileNotFoundError(f"{self.image_dir}: no image for id {image_id!r}")
 
     def load(self, image_id: str) -> tuple[Image.Image, np.ndarray]:
-        from pomp.data.folder import load_rgb
+        from pomp.data.images import load_rgb
 
         image = load_rgb(self.image_path(image_id))
         label = read_label_map(self.label_dir / f"{image_id}.png")
