@@ -205,8 +205,8 @@ def test_paper_averages_match_the_paper():
 
 
 def test_table_averages_by_hand():
-    from pomp.suites import benchmark_rows, benchmark_table
     from pomp.paper_results import CROSS_DATASET
+    from pomp.suites import benchmark_rows, benchmark_table
 
     accs = [0.90, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30, 0.20, 0.10, 0.05]  # mean 45.5 %
     records = [{"dataset": k, "prompt": "prompt:p", "metrics": {"acc1": a}} for k, a in zip(CROSS_DATASET, accs)]
