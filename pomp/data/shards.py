@@ -312,6 +312,14 @@ class ShardPlan:
     world: int
     steps_per_epoch: int
     dropped_per_epoch: int
+    seed: int = 0  # the sample order's seed (`pixel_batches`)
+
+    def pixel_batches(self, transform: Callable, epoch: int, start_step: int = 0, num_workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[tuple]:
+        """`(pixels [B, ...] | None, labels | None, skipped)` per step (`pomp.data.training.TrainingPlan`):
+        `loader` with this plan's seed."""
+        for pixels, labels, _, skipped in self.loader(transform, epoch, start_step, self.seed, num_workers, pin_memory):
+            yield pixels, labels, skipped
 
     def loader(self, transform: Callable, epoch: int, start_step: int = 0, seed: int = 0, num_workers: int = 0,
                pin_memory: bool = False) -> Iterator[tuple]:
@@ -361,7 +369,8 @@ class ShardPlan:
 
 @dataclass
 class ShardSet:
-    """A shard set to train or validate on: shard URLs, per-shard sample counts, the class names."""
+    """A shard set to train or validate on: shard URLs, per-shard sample counts, the class names
+    (`pomp.data.training.TrainingData`)."""
 
     urls: list[str]
     counts: list[int]
@@ -400,7 +409,7 @@ class ShardSet:
             counts.append(known[base] if base in known else count_samples(url))
         return cls(urls, counts, classnames, name=Path(os.path.basename(urls[0].split("?")[0])).stem.split("-")[0])
 
-    def plan(self, batch_size: int, rank: int, world: int) -> ShardPlan:
+    def plan(self, batch_size: int, rank: int, world: int, seed: int = 0) -> ShardPlan:
         """Steps per epoch for `world` ranks: the smallest shard group's samples // batch size, on every rank."""
         if len(self.urls) < world:
             raise ValueError(f"{len(self.urls)} shards cannot be split over {world} processes; write more, smaller "
@@ -416,27 +425,33 @@ class ShardSet:
             warnings.warn(f"{dropped} of {len(self)} shard samples are left out of each epoch: shard groups per "
                           f"process hold {min(groups)}..{max(groups)} samples; use a shard count divisible by "
                           f"{world} with equal-size shards", stacklevel=2)
-        return ShardPlan(self, batch, rank, world, steps, dropped)
+        return ShardPlan(self, batch, rank, world, steps, dropped, seed)
 
-    def image_features(self, backbone, rank: int = 0, world: int = 1, num_workers: int = 0,
-                       precision: str = "bf16", batch_size: int = 64):
-        """Features (eval transform, one view) of this rank's shards `rank, rank+world, ...`: `ImageFeatures`."""
-        from pomp.data.features import ImageFeatures, encode_pixels
+    def sample_identity(self) -> list:
+        """The shard URLs and their sample counts."""
+        return [self.urls, self.counts]
 
+    def cached_features(self, cache_dir, backbone, transform, seed: int, views: int, num_workers: int = 0,
+                        precision: str = "bf16", progress: bool = False):
+        """Shards are read as a stream, never cached."""
+        raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
+
+    def validation_features(self, backbone, rank: int = 0, world: int = 1, num_workers: int = 0,
+                            precision: str = "bf16", cache_dir: Path | None = None, progress: bool = False,
+                            batch_size: int = 64):
+        """Features (eval transform, one view) of this rank's shards `rank, rank+world, ...`: `ImageFeatures`.
+        Shards are read as a stream, never cached: `cache_dir` must be None."""
+        from pomp.data.features import encode_batches
+
+        if cache_dir is not None:
+            raise ValueError("a feature cache needs image files, not shards")
         mine = assign_shards(len(self.urls), rank, world, rotate=False)
         stream = ShardStream(self.urls, len(self.classnames), backbone.eval_transform(), rank, world, rotate=False,
                              shuffle_buffer=0, chunk=batch_size)
-        feats, labels, skipped = [], [], 0
-        if mine:
-            loader = DataLoader(stream, batch_size=None, num_workers=min(num_workers, len(mine)))
-            for pixels, batch_labels, _, ok in loader:
-                skipped += int((~ok).sum())
-                if pixels is not None:
-                    feats.append(encode_pixels(backbone, pixels, precision).cpu())
-                    labels.append(batch_labels)
-        if not feats:
-            return ImageFeatures(torch.zeros(0, 1, backbone.embed_dim), torch.zeros(0, dtype=torch.long), skipped)
-        return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
+        loader = DataLoader(stream, batch_size=None, num_workers=min(num_workers, len(mine))) if mine else []
+        batches = ((pixels, labels, None, int((~ok).sum())) for pixels, labels, _, ok in loader)
+        features, _ = encode_batches(backbone, batches, precision, desc="val features", progress=progress)
+        return features
 
 
 __all__ = ["ShardPlan", "ShardSet", "ShardStream", "assign_shards", "count_samples", "expand_pattern",
