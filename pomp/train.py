@@ -526,9 +526,10 @@ def read_checkpoint_state(path: Path) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> RunState:
-    """Restore the context and its momentum from a checkpoint; returns its run state. Errors name the file."""
-    state = RunState.from_json(read_checkpoint_state(path))
+def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the context and its momentum from a checkpoint; returns its run state as stored (JSON: a
+    `RunState.from_json` reads it). Errors name the file."""
+    state = read_checkpoint_state(path)
     try:
         tensors = load_file(str(path))
     except Exception as err:
@@ -973,7 +974,7 @@ def _start_or_resume(run: _Run) -> RunState:
     state, resume_record = RunState(skipped_images=run.features.skipped), None
     if saved is not None:
         changes = dist_info.on_main(lambda: _check_resumed_run(run, this_run), share=True)
-        state = load_checkpoint(run.checkpoint_path, run.prompt, run.optimizer)
+        state = RunState.from_json(load_checkpoint(run.checkpoint_path, run.prompt, run.optimizer))
         resume_record = {"step": state.global_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          "host": socket.gethostname(),
                          "changed": {k: [a, b] for k, (a, b) in sorted(changes.items())}}

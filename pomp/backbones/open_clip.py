@@ -886,27 +886,8 @@ def load_open_clip(
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
-    root_logger = logging.getLogger()
-    root_logger.addFilter(_drop_replaced_logs)
-    try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
-            torch.manual_seed(0)
-            model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
-                model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
-                weights_only=True, **overrides))
-    except RuntimeError as err:
-        if str(err).startswith("Failed to download weights"):
-            raise _download_error(name_or_config, pretrained, err) from None
-        raise
-    except AttributeError as err:
-        if precision not in ("fp16", "bf16"):
-            raise
-        # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
-        raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
-                         f"use pure_{precision} (every weight cast) or amp") from None
-    finally:
-        root_logger.removeFilter(_drop_replaced_logs)
+    model = _create_model(name_or_config, model_name, None if from_file else pretrained, device, precision,
+                          overrides)
     if from_file and plan.torchscript:
         _load_torchscript_weights(model, pretrained, name_or_config)
     elif from_file:
@@ -920,6 +901,33 @@ def load_open_clip(
     architecture = model_name.removesuffix(QUICKGELU_SUFFIX)
     backbone.identity = {"architecture": architecture, "activation": _built_activation(model), "weights": plan.weights}
     return backbone
+
+
+def _create_model(name_or_config: str, model_name: str, pretrained: str | None, device, precision: str,
+                  overrides: dict) -> nn.Module:
+    """`open_clip.create_model` from a fixed seed (the caller's RNG untouched), its failures said in one line
+    naming the model: a failed download, a mixed-precision cast open_clip cannot make."""
+    root_logger = logging.getLogger()
+    root_logger.addFilter(_drop_replaced_logs)
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved by the caller, from the tag
+            torch.manual_seed(0)
+            return _from_hub(model_name, "text tower", lambda: open_clip.create_model(
+                model_name, pretrained=pretrained, device=device, precision=precision, weights_only=True,
+                **overrides))
+    except RuntimeError as err:
+        if str(err).startswith("Failed to download weights"):
+            raise _download_error(name_or_config, pretrained, err) from None
+        raise
+    except AttributeError as err:
+        if precision not in ("fp16", "bf16"):
+            raise
+        # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
+        raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
+                         f"use pure_{precision} (every weight cast) or amp") from None
+    finally:
+        root_logger.removeFilter(_drop_replaced_logs)
 
 
 def _from_hub(model_name: str, part: str, build):
