@@ -9,7 +9,8 @@ Outputs of a run, under `out_dir`:
     <label>/predictions/<id>.png                  segment, with save_predictions: palette label maps
     <label>/detections.json                       detect: COCO results
     results.md                                    the table printed at the end
-where <label> is `prompt_<file name>` or `baseline_<single|ensemble>`.
+where <label> is `prompt_<file name>` or `baseline_<single|ensemble>` (`pomp.evaluate.label_filename`:
+every run of characters other than ASCII letters, digits, `.`, `_`, `-` becomes one `_`, as in eval's file names).
 """
 
 from __future__ import annotations
