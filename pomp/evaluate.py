@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -19,11 +20,9 @@ import torch.nn.functional as F
 
 from pomp.backbones.base import Backbone
 from pomp.io import atomic_write_json, atomic_write_text
-from pomp.data.names import clean_classname
+from pomp.data.names import SINGLE_TEMPLATE, clean_classname
 from pomp.prompt import ClassTokens, Prompt, check_fit
 from pomp.ranking import class_scores, top_k_first_index
-
-SINGLE_TEMPLATE = "a photo of a {}."
 
 
 def imagenet_templates() -> list[str]:
@@ -247,14 +246,16 @@ def percent(value: float | None) -> str:
 RANDOM_INIT = "random-init"  # the "pretrained" of a backbone without weights (clip_benchmark needs a string)
 
 
-def result_record(dataset: str, backbone: Backbone, metrics: dict, prompt_label: str, extra: dict | None = None) -> dict:
+def result_record(dataset: str, backbone: Backbone, metrics: dict, prompt_label: str, extra: dict | None = None,
+                  task: str = "zeroshot_classification") -> dict:
     """clip_benchmark's result shape (its `build` step reads it as is), plus which prompt and which
-    backbone (architecture, activation, weights: `Backbone.describe()`) produced it."""
+    backbone (architecture, activation, weights: `Backbone.describe()`) produced it. `task`: clip_benchmark's
+    name of it (`zeroshot_classification`; pomp's dense runs: `zeroshot_segmentation`, `zeroshot_detection`)."""
     return {
         "dataset": dataset,
         "model": backbone.name,
         "pretrained": backbone.pretrained if backbone.pretrained is not None else RANDOM_INIT,
-        "task": "zeroshot_classification",
+        "task": task,
         "metrics": metrics,
         "prompt": prompt_label,
         "backbone": backbone.describe(),
@@ -269,6 +270,29 @@ CONFIG_DIR = "config"
 
 def write_result(path: str | Path, record: dict) -> Path:
     return atomic_write_json(path, record)
+
+
+def label_filename(label: str) -> str:
+    """A result label (`prompt:<file name>`, `baseline:single`) as a file or folder name: every run of
+    characters other than ASCII letters, digits, `.`, `_` and `-` becomes one `_` (`prompt_p.safetensors`).
+    The one rule of every command's per-label outputs (eval, benchmark, segment, detect)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table: the header row, a `|---|` rule, one line per row (cells as given, `str`)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """The same table as CSV (Python's `csv` dialect, `\\n` line ends)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def results_table(records: Sequence[dict], metric: str = "acc1") -> tuple[str, str]:
@@ -287,13 +311,8 @@ def results_table(records: Sequence[dict], metric: str = "acc1") -> tuple[str, s
     def fmt(v):
         return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[fmt(v) for v in row] for row in rows])
-    return "\n".join(md) + "\n", buffer.getvalue()
+    cells = [[fmt(v) for v in row] for row in rows]
+    return markdown_table(header, cells), csv_table(header, cells)
 
 
 def write_tables(out_dir: str | Path, records: Sequence[dict], metric: str = "acc1") -> tuple[Path, Path]:

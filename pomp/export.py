@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pomp.backbones.base import Backbone
+from pomp.data.names import SINGLE_TEMPLATE
 from pomp.evaluate import prompt_classifier, template_classifier
 from pomp.io import atomic_write, atomic_write_json, atomic_write_text
 from pomp.interop import convert_prompt, load_official, load_zsseg, save_official, save_zsseg  # noqa: F401
@@ -30,7 +31,7 @@ def write_class_embeddings(
     backbone: Backbone,
     classnames: Sequence[str],
     prompt: Prompt | None = None,
-    template: str | None = "a photo of a {}.",
+    template: str | None = SINGLE_TEMPLATE,
     config: dict | None = None,
     source: str | None = None,
 ) -> list[Path]:
@@ -44,7 +45,7 @@ def write_class_embeddings(
         prompt.to(backbone.device)
         features = prompt_classifier(prompt, backbone, classnames, source=source)
     else:
-        features = template_classifier(backbone, classnames, [template or "a photo of a {}."], source=source)
+        features = template_classifier(backbone, classnames, [template or SINGLE_TEMPLATE], source=source)
     features = features.float().cpu().contiguous()
     npy = atomic_write(out_dir / "class_embeddings.npy", lambda p: np.save(open(p, "wb"), features.numpy()))
     pt = atomic_write(out_dir / "zeroshot_classifier.pt", lambda p: torch.save(features.t().contiguous(), p))

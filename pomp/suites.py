@@ -16,9 +16,7 @@ keyed by model, preprocessing and samples), so scoring another prompt costs only
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ from pomp.backbones.base import Backbone
 from pomp.data.features import cached_image_features
 from pomp.data.folder import ImageDataset, LabelledImages
 from pomp.data.suite_layouts import LAYOUT_BY_KEY, LAYOUTS, DatasetMissing, classnames_source, load_test_set
-from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
-                           result_record, write_classnames, write_result, zero_shot_metrics)
+from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, csv_table, label_filename,
+                           markdown_table, percent, result_record, write_classnames, write_result, zero_shot_metrics)
 from pomp.io import atomic_write_json, atomic_write_text
 from pomp.paper_results import (AVERAGE_TITLES, AVERAGES, CROSS_DATASET, DOMAIN_GENERALIZATION, METHODS,
                                 PAPER_RESULTS, REFERENCE, SOURCE, group_average)
@@ -133,13 +131,8 @@ def benchmark_table(records: Sequence[dict], datasets: Sequence[str], metric: st
             return ""
         return {"ours": f"{v:.2f}", "paper": f"{v:.1f}", "delta": f"{v:+.2f}"}[kind]
 
-    md = ["| method | " + " | ".join(_title(c) for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    md += ["| " + " | ".join([label] + [fmt(kind, v) for v in values]) + " |" for kind, label, values in rows]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method"] + columns)
-    writer.writerows([[label] + [fmt(kind, v) for v in values] for kind, label, values in rows])
-    return "\n".join(md) + "\n", buffer.getvalue()
+    cells = [[label] + [fmt(kind, v) for v in values] for kind, label, values in rows]
+    return markdown_table(["method"] + [_title(c) for c in columns], cells), csv_table(["method"] + columns, cells)
 
 
 def write_benchmark_tables(out_dir: str | Path, records: Sequence[dict], datasets: Sequence[str],
@@ -163,10 +156,6 @@ class BenchmarkRun:
     failed: dict[str, str] = field(default_factory=dict)  # dataset -> error
     datasets: list[str] = field(default_factory=list)
     tables: tuple[Path, Path] | None = None
-
-
-def _safe(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
 def _text_side(cache: dict, backbone: Backbone, key: str, classnames: Sequence[str], label: str,
@@ -245,7 +234,7 @@ def run_benchmark(
                      "classes_without_images": images.skipped.get("classes_without_images", 0),
                      "classnames": vocabulary, **templates}
             record = result_record(key, backbone, metrics, label, extra)
-            write_result(out_dir / f"{key}__{_safe(label)}.json", record)
+            write_result(out_dir / f"{key}__{label_filename(label)}.json", record)
             run.records.append(record)
             log(f"{key:>16s}  {label:<36s} acc1 {percent(metrics['acc1'])}  acc5 {percent(metrics['acc5'])}  "
                 f"({len(feats)} images, {len(images.classnames)} classes)")

@@ -27,27 +27,21 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pomp.backbones import Backbone, load_backbone
-from pomp.data.features import ImageFeatures, autocast_for, cached_image_features, encode_pixels, weights_fingerprint
-from pomp.data.folder import (
-    ImageDataset,
-    LabelledImages,
-    STOP_SIGNALS,
-    collate_skipping,
-    ignore_interrupts_in_worker,
-    scan_class_folders,
-)
+from pomp.data.features import ImageFeatures, autocast_for, encode_pixels, weights_fingerprint
+from pomp.data.folder import STOP_SIGNALS, scan_class_folders
 from pomp.data.imagenet21k import resolve_names
 from pomp.data.splits import load_or_make_split, read_split_file
+from pomp.data.training import BatchPlan, FolderData, TrainingData, TrainingPlan
 from pomp.data.transforms import MultiView, train_transform
 from pomp.deprecation import renamed_keywords
 from pomp.evaluate import prompt_classifier, zero_shot_metrics
@@ -377,7 +371,7 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
 
 # --- data --------------------------------------------------------------------------------------
 def load_training_data(cfg: PretrainConfig, out_dir: Path, reuse_split: bool = True,
-                       ) -> tuple[LabelledImages, LabelledImages | None]:
+                       ) -> tuple[TrainingData, TrainingData | None]:
     """Train (and val) samples: from a split file, shards, or a k-shot split of class folders saved in
     out_dir (`reuse_split`: read back the saved one, as a resumed run and ranks other than 0 do).
 
@@ -399,7 +393,7 @@ def load_training_data(cfg: PretrainConfig, out_dir: Path, reuse_split: bool = T
             warnings.warn(f"{cfg.split_file}: no 'val' split, so no validation: the last prompt is also kept as "
                           f"the best; pass --no-validate to say so", stacklevel=2)
         val = read_split_file(cfg.split_file, "val", cfg.image_root) if has_val and cfg.validate else None
-        return train, val
+        return FolderData(train), FolderData(val) if val is not None else None
     images = scan_class_folders(cfg.train_root, resolve_names(cfg.names))
     most = max(np.bincount([label for _, label in images.samples]).tolist())
     if cfg.validate and cfg.val_per_class > 0 and most <= cfg.shots:
@@ -419,30 +413,7 @@ def load_training_data(cfg: PretrainConfig, out_dir: Path, reuse_split: bool = T
     if cfg.validate and cfg.val_per_class == 0:
         warnings.warn("--val-per-class 0: no validation, the last prompt is also kept as the best; pass "
                       "--no-validate to say so", stacklevel=2)
-    return splits["train"], val
-
-
-class BatchPlan:
-    """Which images each rank sees at each step: one permutation per epoch shared by all ranks,
-    each rank taking its own slice, so no image is seen twice in an epoch."""
-
-    def __init__(self, num_images: int, batch_size: int, dist_info: Dist, seed: int):
-        self.num_images, self.batch_size, self.dist, self.seed = num_images, batch_size, dist_info, seed
-        per_step = batch_size * dist_info.world
-        if num_images < per_step:
-            self.batch_size = max(1, num_images // dist_info.world)
-            per_step = self.batch_size * dist_info.world
-        if per_step == 0:
-            raise ValueError(f"{num_images} training images cannot be split over {dist_info.world} processes")
-        self.steps_per_epoch = num_images // per_step
-
-    def batches(self, epoch: int, start_step: int = 0) -> list[list[int]]:
-        order = torch.randperm(self.num_images, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        out = []
-        for step in range(start_step, self.steps_per_epoch):
-            first = (step * self.dist.world + self.dist.rank) * self.batch_size
-            out.append(order[first : first + self.batch_size].tolist())
-        return out
+    return FolderData(splits["train"]), FolderData(val) if val is not None else None
 
 
 # --- one step ----------------------------------------------------------------------------------
@@ -508,13 +479,37 @@ def encode_and_backward(
 CHECKPOINT_STATE_KEYS = {"global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images", "history"}
 
 
-def save_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, state: dict) -> None:
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint's header holds (as JSON, under "state"), beside the context
+    and its momentum. Checkpoints of older pomp versions lack `resumes` and `run`."""
+
+    global_step: int = 0
+    best_val_acc1: float | None = None  # None: not validated (yet)
+    best_epoch: int | None = None
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    skipped_images: int = 0  # unreadable images left out of steps
+    history: list[dict] = field(default_factory=list)  # one record per epoch: epoch, step, val_acc1
+    resumes: list[dict] = field(default_factory=list)  # one record per --resume: step, time, host, changed
+    run: dict | None = None  # {"settings": `run_settings`, "facts": `run_facts`}: what a resume must equal
+
+    @classmethod
+    def from_json(cls, state: dict) -> "RunState":
+        """From a checkpoint's header (`read_checkpoint_state`); keys this version does not know are dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def save_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, state: RunState) -> None:
     """One safetensors file (context + momentum, run state in its header), replaced atomically."""
     tensors = {"ctx": prompt.ctx.detach().cpu().contiguous()}
     buffer = optimizer.state.get(prompt.ctx, {}).get("momentum_buffer")
     if buffer is not None:
         tensors["momentum_buffer"] = buffer.detach().cpu().contiguous()
-    atomic_write_safetensors(path, tensors, metadata={"state": json.dumps(state)})
+    atomic_write_safetensors(path, tensors, metadata={"state": json.dumps(state.to_json())})
 
 
 def read_checkpoint_state(path: Path) -> dict:
@@ -532,6 +527,8 @@ def read_checkpoint_state(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the context and its momentum from a checkpoint; returns its run state as stored (JSON: a
+    `RunState.from_json` reads it). Errors name the file."""
     state = read_checkpoint_state(path)
     try:
         tensors = load_file(str(path))
@@ -590,11 +587,12 @@ def legacy_settings(config_path: Path) -> dict:
     return comparable_settings({k: config[k] for k in names if k in config})
 
 
-def run_facts(backbone: Backbone, train, world: int, steps_per_epoch: int, shard_workers: int | None = None) -> dict:
+def run_facts(backbone: Backbone, train: TrainingData, world: int, steps_per_epoch: int,
+              shard_workers: int | None = None) -> dict:
     """What the settings resolved to, which must also be equal on resume: the backbone (its weights
     included; its name and file are settings), the classes, the training samples, the processes
     and steps per epoch, and for shards the loader workers (they deal the shards: the sample order)."""
-    samples = getattr(train, "samples", None) or [getattr(train, "urls", []), getattr(train, "counts", [])]
+    samples = train.sample_identity()
     described = {k: v for k, v in backbone.describe().items() if k not in ("name", "pretrained")}
     return {"backbone": described, "backbone_weights": weights_fingerprint(backbone),
             "classes": _digest(train.classnames), "num_classes": len(train.classnames),
@@ -701,32 +699,6 @@ class _Logger:
             self.tb.close()
 
 
-def _image_feature_batches(cfg, backbone, train, plan, epoch, start_step, device, cached):
-    """Yield (features [B*V, D], labels [B*V], skipped) per step of an epoch."""
-    batches = plan.batches(epoch, start_step) if hasattr(plan, "batches") else None
-    if cached is not None:
-        for idx in batches:
-            feats = cached.features[idx].float()
-            labels = cached.labels[idx].repeat_interleave(feats.shape[1])
-            yield feats.flatten(0, 1).to(device), labels.to(device), 0
-        return
-    transform = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
-    if batches is None:  # webdataset shards (ShardPlan): this rank's stream in batches of plan.batch_size
-        loader = plan.loader(transform, epoch, start_step, cfg.seed, cfg.num_workers, device.type == "cuda")
-    else:
-        dataset = ImageDataset(train, transform, seed=cfg.seed)
-        dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_skipping,
-                            pin_memory=device.type == "cuda", persistent_workers=False,
-                            worker_init_fn=ignore_interrupts_in_worker)
-    for pixels, labels, _, skipped in loader:
-        if pixels is None:
-            yield None, None, skipped
-            continue
-        feats = encode_pixels(backbone, pixels, cfg.precision)
-        yield feats.flatten(0, 1), labels.repeat_interleave(feats.shape[1]).to(device), skipped
-
-
 def _validate(prompt, backbone, class_tokens, val_features, dist_info, device) -> float | None:
     if val_features is None:
         return None
@@ -802,27 +774,140 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     continues only the same run (`check_resume`). SIGTERM, SIGINT, SIGHUP, SIGUSR1... (`StopOnSignal`)
     finish the current step on every rank, write a checkpoint and raise `Interrupted` (exit status
     128 + the signal number from the CLI: 143, 130, 129, 138...).
+
+    The phases: `_set_up` (out-dir, data, backbone, prompt, optimizer), `_prepare_features` (training
+    features: cached or encoded each step; validation features), `_start_or_resume` (run state, resume
+    checks, config.json), then `_train_epoch` per epoch (each step `_train_step`; at its end
+    `_end_of_epoch`: validation, best prompt; `_checkpoint_or_stop` after every step) and `_finish`.
     """
     check_config(cfg)
     dist_info, device = init_distributed(cfg.device)
     lock = RunLock(cfg.out_dir)
     with StopOnSignal() as stop:
         try:
-            return _pretrain(cfg, backbone, dist_info, device, lock, stop)
+            run = _set_up(cfg, backbone, dist_info, device, lock, stop)
+            _prepare_features(run)
+            state = _start_or_resume(run)
+            loop = _Loop.start(run, state)
+            while state.global_step < loop.stop_at and not loop.stopped_early:
+                _train_epoch(run, state, loop, *divmod(state.global_step, run.features.plan.steps_per_epoch))
+            return _finish(run, state, loop)
         finally:
             lock.release()
 
 
-def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, device: torch.device,
-              lock: RunLock, stop: StopOnSignal) -> dict:
+class _TrainFeatures(Protocol):
+    """Where a run's image features come from, step by step: the feature cache or the image tower."""
+
+    plan: TrainingPlan | BatchPlan
+    skipped: int  # images already left out (unreadable when the cache was made)
+
+    def epoch(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, int]]:
+        """`(features [B*V, D] | None, labels [B*V] | None, images skipped)` per step of `epoch` from `start_step`."""
+        ...
+
+
+class _CachedFeatures:
+    """Training features read from the cache (`--feature-cache`): views drawn once, indexed per step."""
+
+    def __init__(self, cached: ImageFeatures, plan: BatchPlan, device: torch.device):
+        self.cached, self.plan, self.device, self.skipped = cached, plan, device, cached.skipped
+
+    def epoch(self, epoch: int, start_step: int):
+        for idx in self.plan.batches(epoch, start_step):
+            feats = self.cached.features[idx].float()
+            labels = self.cached.labels[idx].repeat_interleave(feats.shape[1])
+            yield feats.flatten(0, 1).to(self.device), labels.to(self.device), 0
+
+
+class _EncodedFeatures:
+    """Training features from the image tower every step: new augmented views each epoch."""
+
+    def __init__(self, cfg: PretrainConfig, backbone: Backbone, plan: TrainingPlan, device: torch.device):
+        self.cfg, self.backbone, self.plan, self.device, self.skipped = cfg, backbone, plan, device, 0
+
+    def epoch(self, epoch: int, start_step: int):
+        cfg = self.cfg
+        transform = MultiView(train_transform(self.backbone.image_spec, randaugment=cfg.augment), cfg.views)
+        for pixels, labels, skipped in self.plan.pixel_batches(transform, epoch, start_step, cfg.num_workers,
+                                                               self.device.type == "cuda"):
+            if pixels is None:
+                yield None, None, skipped
+                continue
+            feats = encode_pixels(self.backbone, pixels, cfg.precision)
+            yield feats.flatten(0, 1), labels.repeat_interleave(feats.shape[1]).to(self.device), skipped
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share; fixed by `_set_up` and `_prepare_features`."""
+
+    cfg: PretrainConfig
+    dist: Dist
+    device: torch.device
+    out_dir: Path
+    checkpoint_path: Path
+    stop: StopOnSignal
+    saved: dict | None  # the header state of the checkpoint this run resumes, or None for a new run
+    train: TrainingData
+    val: TrainingData | None
+    backbone: Backbone
+    prompt: Prompt
+    class_tokens: ClassTokens
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    model: torch.nn.Module  # the prompt, or its DDP wrapper
+    logit_scale: float
+    negatives_per_step: int  # K - 1
+    features: _TrainFeatures | None = None
+    val_features: tuple[torch.Tensor, torch.Tensor] | None = None
+    logger: _Logger | None = None
+    meta: dict = field(default_factory=dict)  # written into every saved prompt
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classnames)
+
+    @property
+    def total_steps(self) -> int:
+        return self.features.plan.steps_per_epoch * self.cfg.epochs
+
+
+@dataclass
+class _Loop:
+    """The training loop's own counters (not checkpointed)."""
+
+    stop_at: int
+    bar: tqdm
+    last_checkpoint: int | None
+    consecutive_bad: int = 0
+    stopped_early: bool = False  # max_bad_steps consecutive non-finite steps
+
+    @classmethod
+    def start(cls, run: _Run, state: RunState) -> "_Loop":
+        cfg, total, stop = run.cfg, run.total_steps, run.stop
+        last_checkpoint = stop.last_checkpoint
+        stop.deferred = True  # from here a signal stops the run after the current step, with a checkpoint
+        if stop.signum:  # a signal during the set-up: stop before the first step
+            raise Interrupted(stop.signum, _stop_message(stop.signum, state.global_step, total, run.checkpoint_path,
+                                                         last_checkpoint))
+        return cls(stop_at=min(total, cfg.max_steps) if cfg.max_steps is not None else total,
+                   bar=tqdm(total=total, initial=state.global_step, disable=not (cfg.progress and run.dist.main),
+                            desc="pretrain", dynamic_ncols=True),
+                   last_checkpoint=last_checkpoint)
+
+
+def _set_up(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, device: torch.device, lock: RunLock,
+            stop: StopOnSignal) -> _Run:
+    """Phase 1: claim the out-dir (or the checkpoint to resume), load the data and the backbone, make the
+    prompt, its class tokens and the optimizer."""
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / "checkpoint.safetensors"
     saved = dist_info.on_main(lambda: _claim_out_dir(cfg, out_dir, checkpoint_path, lock), share=True)
-    resuming = saved is not None
     stop.checkpoint_path = checkpoint_path
-    stop.last_checkpoint = saved["global_step"] if resuming else None  # what a signal during set-up leaves
+    stop.last_checkpoint = saved["global_step"] if saved is not None else None  # what a signal during set-up leaves
     # rank 0 makes (or re-reads) the split; the others then read the file it wrote: made once, never per rank
-    loaded = dist_info.on_main(lambda: load_training_data(cfg, out_dir, reuse_split=resuming))
+    loaded = dist_info.on_main(lambda: load_training_data(cfg, out_dir, reuse_split=saved is not None))
     train, val = loaded if dist_info.main else load_training_data(cfg, out_dir, reuse_split=True)
     backbone = backbone or load_backbone(cfg.backbone, cfg.pretrained, device=device)
     if cfg.compile and not (hasattr(backbone, "compile_text") and backbone.compile_text(True)):
@@ -836,14 +921,21 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
     prompt = Prompt.init(backbone, n_ctx=None if cfg.ctx_init else cfg.n_ctx, words=cfg.ctx_init, seed=cfg.seed)
     prompt.to(device)
     class_tokens = prompt.tokenize_classes(backbone, train.classnames,
-                                    source=cfg.names or cfg.split_file or cfg.train_classes or cfg.train_root)
+                                           source=cfg.names or cfg.split_file or cfg.train_classes or cfg.train_root)
     optimizer = torch.optim.SGD([prompt.ctx], lr=cfg.warmup_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
-    model = DistributedDataParallel(prompt) if dist_info.world > 1 else prompt
-    logit_scale = cfg.logit_scale if cfg.logit_scale is not None else backbone.logit_scale
-    k_minus_1 = num_classes if cfg.classes_per_step <= 0 or cfg.classes_per_step > num_classes else cfg.classes_per_step - 1
+    all_classes = cfg.classes_per_step <= 0 or cfg.classes_per_step > num_classes
+    return _Run(cfg, dist_info, device, out_dir, checkpoint_path, stop, saved, train, val, backbone, prompt,
+                class_tokens, optimizer, scaler,
+                model=DistributedDataParallel(prompt) if dist_info.world > 1 else prompt,
+                logit_scale=cfg.logit_scale if cfg.logit_scale is not None else backbone.logit_scale,
+                negatives_per_step=num_classes if all_classes else cfg.classes_per_step - 1)
 
-    # image features: a cache (views precomputed once) or the image tower every step
+
+def _prepare_features(run: _Run) -> None:
+    """Phase 2: the training features' source (a feature cache: views precomputed once, by rank 0 then read
+    by the others; or the image tower every step), the step plan, and this rank's validation features."""
+    cfg, dist_info, backbone = run.cfg, run.dist, run.backbone
     cached = None
     if cfg.feature_cache:
         aug = MultiView(train_transform(backbone.image_spec, randaugment=cfg.augment), cfg.views)
@@ -851,183 +943,205 @@ def _pretrain(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, d
             aug = backbone.eval_transform()
 
         def train_features() -> ImageFeatures:
-            return cached_image_features(
-                Path(cfg.feature_cache) / "train", backbone, ImageDataset(train, aug, seed=cfg.seed),
-                extra_key={"seed": cfg.seed, "views": cfg.views}, num_workers=cfg.num_workers,
-                precision=cfg.precision, desc="train features", progress=cfg.progress and dist_info.main)
+            return run.train.cached_features(Path(cfg.feature_cache) / "train", backbone, aug, cfg.seed, cfg.views,
+                                             cfg.num_workers, cfg.precision, cfg.progress and dist_info.main)
 
         cached = dist_info.on_main(train_features)  # rank 0 computes (or finds) the cache; a failure stops all
         if not dist_info.main:
             cached = train_features()  # ... then the others read it
-    val_features = None
-    if val is not None and cfg.validate and hasattr(val, "image_features"):  # shards: this rank's val shards
-        vf = val.image_features(backbone, dist_info.rank, dist_info.world, cfg.num_workers, cfg.precision)
-        val_features = (vf.features.float(), vf.labels)
-    elif val is not None and cfg.validate:
-        shard = LabelledImages(val.root, val.samples[dist_info.rank :: dist_info.world], val.classnames, val.name)
+    if run.val is not None and cfg.validate:
         cache_dir = Path(cfg.feature_cache) / f"val-rank{dist_info.rank}-of{dist_info.world}" if cfg.feature_cache else None
-        vf = dist_info.on_every(lambda: cached_image_features(
-            cache_dir, backbone, ImageDataset(shard, backbone.eval_transform()), num_workers=cfg.num_workers,
-            precision=cfg.precision, desc="val features", progress=cfg.progress and dist_info.main,
-        ) if len(shard) else None)
-        val_features = (vf.features.float(), vf.labels) if vf is not None else (torch.zeros(0, 1, 1), torch.zeros(0))
+        vf = dist_info.on_every(lambda: run.val.validation_features(
+            backbone, dist_info.rank, dist_info.world, cfg.num_workers, cfg.precision, cache_dir,
+            cfg.progress and dist_info.main))
+        run.val_features = (vf.features.float(), vf.labels)
+    if cached is not None:
+        plan = BatchPlan(len(cached), cfg.batch_size, dist_info.rank, dist_info.world, cfg.seed)
+        run.features = _CachedFeatures(cached, plan, run.device)
+    else:
+        plan = run.train.plan(cfg.batch_size, dist_info.rank, dist_info.world, cfg.seed)
+        run.features = _EncodedFeatures(cfg, backbone, plan, run.device)
 
-    num_train = len(cached) if cached is not None else len(train)
-    plan = (train.plan(cfg.batch_size, dist_info.rank, dist_info.world) if hasattr(train, "plan")
-            else BatchPlan(num_train, cfg.batch_size, dist_info, cfg.seed))
-    total_steps = plan.steps_per_epoch * cfg.epochs
-    state = {"global_step": 0, "best_val_acc1": None, "best_epoch": None, "bad_steps": 0,
-             "skipped_images": cached.skipped if cached is not None else 0, "history": [], "resumes": []}
-    run = {"settings": run_settings(cfg), "facts": run_facts(backbone, train, dist_info.world, plan.steps_per_epoch,
-                                                               cfg.num_workers if cfg.train_shards else None)}
-    resume_record = None
-    if resuming:
-        def check_facts() -> dict:
-            changes = {}
-            if "run" in saved:
-                changes = _differences(saved["run"]["settings"], run["settings"])
-                moved = {k: v for k, v in changes.items() if k in RESUME_BY_CONTENT}
-                changes.update(check_resume(comparable_facts(saved["run"]["facts"]), comparable_facts(run["facts"]),
-                                            _allowed_changes(cfg), checkpoint_path, causes=moved))
-                if moved:
-                    listed = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(moved.items()))
-                    warnings.warn(f"--resume: {listed}: taken as the same run (the same backbone weights, class list "
-                                  f"and image file names; recorded in config.json 'resumes')", stacklevel=2)
-            if saved["global_step"] > total_steps:
-                raise ValueError(f"{checkpoint_path}: the run is at step {saved['global_step']}, past the "
-                                 f"{total_steps} steps of --epochs {cfg.epochs}")
-            return changes
 
-        changes = dist_info.on_main(check_facts, share=True)
-        state = load_checkpoint(checkpoint_path, prompt, optimizer)
-        state.setdefault("resumes", [])
-        resume_record = {"step": state["global_step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+def _start_or_resume(run: _Run) -> RunState:
+    """Phase 3: a new run's state, or the checkpoint's (its run checked against this one: `check_resume`,
+    the change recorded in `resumes`); writes config.json and starts the log."""
+    cfg, dist_info, saved = run.cfg, run.dist, run.saved
+    steps_per_epoch = run.features.plan.steps_per_epoch
+    facts = run_facts(run.backbone, run.train, dist_info.world, steps_per_epoch,
+                      cfg.num_workers if cfg.train_shards else None)
+    this_run = {"settings": run_settings(cfg), "facts": facts}
+    state, resume_record = RunState(skipped_images=run.features.skipped), None
+    if saved is not None:
+        changes = dist_info.on_main(lambda: _check_resumed_run(run, this_run), share=True)
+        state = RunState.from_json(load_checkpoint(run.checkpoint_path, run.prompt, run.optimizer))
+        resume_record = {"step": state.global_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          "host": socket.gethostname(),
                          "changed": {k: [a, b] for k, (a, b) in sorted(changes.items())}}
-        state["resumes"].append(resume_record)
-    state["run"] = run
-    logger = _Logger(out_dir, dist_info.main)
+        state.resumes.append(resume_record)
+    state.run = this_run
+    run.logger = _Logger(run.out_dir, dist_info.main)
 
     def start_writes() -> None:
-        config_record = {**asdict(cfg), "num_classes": num_classes, "num_train_images": len(train),
-                         "num_val_images": len(val) if val is not None else 0, "world_size": dist_info.world,
-                         "steps_per_epoch": plan.steps_per_epoch, "images_per_step_per_rank": plan.batch_size,
-                         "logit_scale": logit_scale,
-                         "backbone_info": {**backbone.describe(), "weights": run["facts"]["backbone_weights"]},
-                         "skipped_files": dict(getattr(train, "skipped", {}) or {}), "resumes": state["resumes"]}
-        atomic_write_json(out_dir / "config.json", config_record)
-        logger.start(state["global_step"] if resuming else None)
+        config_record = {**asdict(cfg), "num_classes": run.num_classes, "num_train_images": len(run.train),
+                         "num_val_images": len(run.val) if run.val is not None else 0, "world_size": dist_info.world,
+                         "steps_per_epoch": steps_per_epoch, "images_per_step_per_rank": run.features.plan.batch_size,
+                         "logit_scale": run.logit_scale,
+                         "backbone_info": {**run.backbone.describe(), "weights": facts["backbone_weights"]},
+                         "skipped_files": dict(run.train.skipped or {}), "resumes": state.resumes}
+        atomic_write_json(run.out_dir / "config.json", config_record)
+        run.logger.start(state.global_step if saved is not None else None)
         if resume_record is not None:
-            logger.log({"event": "resume", **resume_record})
+            run.logger.log({"event": "resume", **resume_record})
 
     dist_info.on_main(start_writes)
-    meta = {"recipe": cfg.recipe(), "num_classes": num_classes,
-            "trained_on": cfg.train_root or cfg.split_file or cfg.train_shards}
-    if state["resumes"]:
-        meta["resumes"] = state["resumes"]
-    last_checkpoint = stop.last_checkpoint
-    stop.deferred = True  # from here a signal stops the run after the current step, with a checkpoint
-    if stop.signum:  # a signal during the set-up: stop before the first step
-        raise Interrupted(stop.signum, _stop_message(stop.signum, state["global_step"], total_steps, checkpoint_path,
-                                                     last_checkpoint))
+    run.meta = {"recipe": cfg.recipe(), "num_classes": run.num_classes,
+                "trained_on": cfg.train_root or cfg.split_file or cfg.train_shards}
+    if state.resumes:
+        run.meta["resumes"] = state.resumes
+    return state
 
-    consecutive_bad = 0
-    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
-    bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and dist_info.main),
-               desc="pretrain", dynamic_ncols=True)
-    stopped_early = False
-    while state["global_step"] < stop_at:
-        epoch, start = divmod(state["global_step"], plan.steps_per_epoch)
-        lr = lr_at_epoch(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+def _check_resumed_run(run: _Run, this_run: dict) -> dict[str, tuple]:
+    """Rank 0: the checkpoint's run against this one, now that its facts are known (settings of moved files
+    compared by content, `RESUME_BY_CONTENT`); returns the changes taken, refuses the others."""
+    saved, cfg = run.saved, run.cfg
+    changes = {}
+    if "run" in saved:
+        changes = _differences(saved["run"]["settings"], this_run["settings"])
+        moved = {k: v for k, v in changes.items() if k in RESUME_BY_CONTENT}
+        changes.update(check_resume(comparable_facts(saved["run"]["facts"]), comparable_facts(this_run["facts"]),
+                                    _allowed_changes(cfg), run.checkpoint_path, causes=moved))
+        if moved:
+            listed = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(moved.items()))
+            warnings.warn(f"--resume: {listed}: taken as the same run (the same backbone weights, class list "
+                          f"and image file names; recorded in config.json 'resumes')", stacklevel=2)
+    if saved["global_step"] > run.total_steps:
+        raise ValueError(f"{run.checkpoint_path}: the run is at step {saved['global_step']}, past the "
+                         f"{run.total_steps} steps of --epochs {cfg.epochs}")
+    return changes
+
+
+def _train_epoch(run: _Run, state: RunState, loop: _Loop, epoch: int, start: int) -> None:
+    """Phase 4: the steps of `epoch` from step `start` of it, until its end, `loop.stop_at`, a signal
+    (`Interrupted`) or too many non-finite steps in a row (`loop.stopped_early`)."""
+    cfg, dist_info = run.cfg, run.dist
+    lr = lr_at_epoch(cfg, epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    for image_features, labels, skipped in run.features.epoch(epoch, start):
+        step = state.global_step
+        state.skipped_images += skipped
+        loss, num_images = _train_step(run, state, loop, image_features, labels)
+        n_img = num_images * dist_info.world
+        elapsed = time.perf_counter() - t0
         t0 = time.perf_counter()
-        batches = _image_feature_batches(cfg, backbone, train, plan, epoch, start, device, cached)
-        for image_features, labels, skipped in batches:
-            step = state["global_step"]
-            state["skipped_images"] += skipped
-            if image_features is None:  # every image of this batch was unreadable: nothing to learn from
-                image_features = torch.zeros(0, backbone.embed_dim, device=device)
-                labels = torch.zeros(0, dtype=torch.long, device=device)
-            negatives = sample_negatives(num_classes, k_minus_1, step_generator(cfg.seed, dist_info.rank, step))
-            optimizer.zero_grad(set_to_none=True)
-            grad_scale = scaler.get_scale() if scaler is not None else 1.0
-            loss = encode_and_backward(model, prompt, backbone, class_tokens, image_features, labels, negatives, cfg,
-                                       logit_scale, grad_scale)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            finite_loss = bool(torch.isfinite(loss).all())
-            if dist_info.world > 1:  # all ranks must agree to take or skip the step
-                finite_loss = dist_info.sum([float(not finite_loss)], device)[0] == 0
-            grad_ok = finite_loss and prompt.ctx.grad is not None and bool(torch.isfinite(prompt.ctx.grad).all())
-            if grad_ok:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                else:
-                    optimizer.step()
-                consecutive_bad = 0
-            else:
-                state["bad_steps"] += 1
-                consecutive_bad += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient (loss={float(loss):.4g}); step skipped",
-                              stacklevel=1)
-            if scaler is not None:
-                scaler.update()
-            state["global_step"] = step + 1
-            n_img = labels.numel() * dist_info.world
-            elapsed = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", img_s=f"{n_img / max(elapsed, 1e-9):.0f}")
-            if step % cfg.log_every == 0 or state["global_step"] == total_steps:
-                record = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
-                          "images_per_s": n_img / max(elapsed, 1e-9)}
-                dist_info.on_main(lambda: logger.log(record))  # a failed write stops every rank alike
-            if consecutive_bad >= cfg.max_bad_steps:
-                stopped_early = True
-                break
-            end_of_epoch = state["global_step"] % plan.steps_per_epoch == 0
-            if end_of_epoch:
-                val_acc = _validate(prompt, backbone, class_tokens, val_features, dist_info, device)
-                record = {"epoch": epoch, "step": state["global_step"], "val_acc1": val_acc}
-                state["history"].append(record)
-                improved = val_acc is None or state["best_val_acc1"] is None or val_acc > state["best_val_acc1"]
-                if improved:
-                    state["best_val_acc1"], state["best_epoch"] = val_acc, epoch
+        loop.bar.update(1)
+        loop.bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", img_s=f"{n_img / max(elapsed, 1e-9):.0f}")
+        if step % cfg.log_every == 0 or state.global_step == run.total_steps:
+            record = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr,
+                      "images_per_s": n_img / max(elapsed, 1e-9)}
+            dist_info.on_main(lambda: run.logger.log(record))  # a failed write stops every rank alike
+        if loop.consecutive_bad >= cfg.max_bad_steps:
+            loop.stopped_early = True
+            return
+        end_of_epoch = state.global_step % run.features.plan.steps_per_epoch == 0
+        if end_of_epoch:
+            _end_of_epoch(run, state, epoch)
+        _checkpoint_or_stop(run, state, loop, end_of_epoch)
+        if state.global_step >= loop.stop_at:
+            return
 
-                def epoch_end_writes() -> None:
-                    logger.log(record)
-                    if improved:
-                        prompt.save(out_dir / "prompt_best.safetensors", **meta, epochs=epoch + 1, val_acc1=val_acc)
 
-                dist_info.on_main(epoch_end_writes)
-            done = state["global_step"]
-            saved_now = end_of_epoch or done % cfg.checkpoint_every == 0 or done >= stop_at
-            signum = dist_info.max(stop.signum, device)  # every rank stops after the same step
-            if saved_now or signum:
-                dist_info.on_main(lambda: save_checkpoint(checkpoint_path, prompt, optimizer, state))
-                last_checkpoint = stop.last_checkpoint = state["global_step"]
-            if signum and state["global_step"] < total_steps:
-                bar.close()
-                dist_info.barrier()
-                raise Interrupted(signum, _stop_message(signum, state["global_step"], total_steps, checkpoint_path,
-                                                        last_checkpoint))
-            if state["global_step"] >= stop_at:
-                break
-        if stopped_early:
-            break
-    bar.close()
-    logger.close()
-    dist_info.barrier()
-    summary = {**{k: state[k] for k in ("global_step", "best_val_acc1", "best_epoch", "bad_steps", "skipped_images")},
-               "total_steps": total_steps, "finished": state["global_step"] >= total_steps,
-               "num_classes": num_classes, "out_dir": str(out_dir)}
-    if stopped_early:
-        kept = f"last good checkpoint: {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written"
-        raise RuntimeError(f"stopped after {cfg.max_bad_steps} consecutive non-finite steps at step "
-                           f"{state['global_step']}; {kept}")
-    if dist_info.main:
-        final_epoch = state["global_step"] // plan.steps_per_epoch
-        prompt.save(out_dir / "prompt.safetensors", **meta, epochs=final_epoch, steps=state["global_step"])
-        atomic_write_json(out_dir / "summary.json", summary)
+def _train_step(run: _Run, state: RunState, loop: _Loop, image_features: torch.Tensor | None,
+                labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """One optimisation step (`encode_and_backward`, then SGD on the context), or, when the loss or the
+    gradient is not finite on any rank, the step skipped on every rank and counted. Returns the loss and
+    this rank's images."""
+    cfg, dist_info, device, optimizer, scaler = run.cfg, run.dist, run.device, run.optimizer, run.scaler
+    step = state.global_step
+    if image_features is None:  # every image of this batch was unreadable: nothing to learn from
+        image_features = torch.zeros(0, run.backbone.embed_dim, device=device)
+        labels = torch.zeros(0, dtype=torch.long, device=device)
+    negatives = sample_negatives(run.num_classes, run.negatives_per_step, step_generator(cfg.seed, dist_info.rank, step))
+    optimizer.zero_grad(set_to_none=True)
+    grad_scale = scaler.get_scale() if scaler is not None else 1.0
+    loss = encode_and_backward(run.model, run.prompt, run.backbone, run.class_tokens, image_features, labels,
+                               negatives, cfg, run.logit_scale, grad_scale)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    finite_loss = bool(torch.isfinite(loss).all())
+    if dist_info.world > 1:  # all ranks must agree to take or skip the step
+        finite_loss = dist_info.sum([float(not finite_loss)], device)[0] == 0
+    ctx_grad = run.prompt.ctx.grad
+    if finite_loss and ctx_grad is not None and bool(torch.isfinite(ctx_grad).all()):
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+        loop.consecutive_bad = 0
+    else:
+        state.bad_steps += 1
+        loop.consecutive_bad += 1
+        warnings.warn(f"step {step}: non-finite loss or gradient (loss={float(loss):.4g}); step skipped",
+                      stacklevel=1)
+    if scaler is not None:
+        scaler.update()
+    state.global_step = step + 1
+    return loss, labels.numel()
+
+
+def _end_of_epoch(run: _Run, state: RunState, epoch: int) -> None:
+    """Phase 5: validate (every rank its share), record the epoch, keep the prompt when it is the best yet."""
+    val_acc = _validate(run.prompt, run.backbone, run.class_tokens, run.val_features, run.dist, run.device)
+    record = {"epoch": epoch, "step": state.global_step, "val_acc1": val_acc}
+    state.history.append(record)
+    improved = val_acc is None or state.best_val_acc1 is None or val_acc > state.best_val_acc1
+    if improved:
+        state.best_val_acc1, state.best_epoch = val_acc, epoch
+
+    def epoch_end_writes() -> None:
+        run.logger.log(record)
+        if improved:
+            run.prompt.save(run.out_dir / "prompt_best.safetensors", **run.meta, epochs=epoch + 1, val_acc1=val_acc)
+
+    run.dist.on_main(epoch_end_writes)
+
+
+def _checkpoint_or_stop(run: _Run, state: RunState, loop: _Loop, end_of_epoch: bool) -> None:
+    """After a step: a checkpoint at an epoch's end, every `checkpoint_every` steps, at the last step and on
+    a signal (every rank stops after the same step: `Interrupted`)."""
+    dist_info, done = run.dist, state.global_step
+    saved_now = end_of_epoch or done % run.cfg.checkpoint_every == 0 or done >= loop.stop_at
+    signum = dist_info.max(run.stop.signum, run.device)  # every rank stops after the same step
+    if saved_now or signum:
+        dist_info.on_main(lambda: save_checkpoint(run.checkpoint_path, run.prompt, run.optimizer, state))
+        loop.last_checkpoint = run.stop.last_checkpoint = state.global_step
+    if signum and state.global_step < run.total_steps:
+        loop.bar.close()
+        dist_info.barrier()
+        raise Interrupted(signum, _stop_message(signum, state.global_step, run.total_steps, run.checkpoint_path,
+                                                loop.last_checkpoint))
+
+
+def _finish(run: _Run, state: RunState, loop: _Loop) -> dict:
+    """Phase 6: close the log; unless stopped by non-finite steps (RuntimeError), save the final prompt
+    and summary.json (rank 0). Returns the summary."""
+    loop.bar.close()
+    run.logger.close()
+    run.dist.barrier()
+    summary = {"global_step": state.global_step, "best_val_acc1": state.best_val_acc1, "best_epoch": state.best_epoch,
+               "bad_steps": state.bad_steps, "skipped_images": state.skipped_images, "total_steps": run.total_steps,
+               "finished": state.global_step >= run.total_steps, "num_classes": run.num_classes,
+               "out_dir": str(run.out_dir)}
+    if loop.stopped_early:
+        path = run.checkpoint_path
+        kept = f"last good checkpoint: {path}" if path.exists() else "no checkpoint was written"
+        raise RuntimeError(f"stopped after {run.cfg.max_bad_steps} consecutive non-finite steps at step "
+                           f"{state.global_step}; {kept}")
+    if run.dist.main:
+        final_epoch = state.global_step // run.features.plan.steps_per_epoch
+        run.prompt.save(run.out_dir / "prompt.safetensors", **run.meta, epochs=final_epoch, steps=state.global_step)
+        atomic_write_json(run.out_dir / "summary.json", summary)
     return summary

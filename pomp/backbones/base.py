@@ -30,6 +30,27 @@ if TYPE_CHECKING:  # the transforms module imports torchvision: loaded when a tr
 PLACEHOLDER_CANDIDATES = ("X", "x", "a", "the")
 PROBE_WORD = "cat"  # a class name used only to locate positions; it must differ from the placeholder
 
+# open_clip's precision strings -> the dtype a backbone's weights are cast to; "amp*" keep float32 weights
+# (autocast at run time). One table for every backbone family (offline accepts the plain three).
+WEIGHT_DTYPES = {
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+    "pure_fp16": torch.float16, "pure_bf16": torch.bfloat16,
+    "amp": torch.float32, "amp_bf16": torch.float32, "amp_bfloat16": torch.float32,
+}
+# a run's `--precision` (pomp pretrain, features) -> the autocast dtype on CUDA; fp32 runs without autocast
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def weight_dtype(precision: str, accepted=WEIGHT_DTYPES) -> torch.dtype:
+    """The weights' dtype of `precision` (a key of `WEIGHT_DTYPES`, or of the `accepted` subset).
+
+    Raises:
+        ValueError: `unknown precision '<p>' (one of ...)` for any other string.
+    """
+    if precision not in accepted:
+        raise ValueError(f"unknown precision {precision!r} (one of {', '.join(accepted)})")
+    return WEIGHT_DTYPES[precision]
+
 
 @dataclass(frozen=True)
 class PromptLayout:

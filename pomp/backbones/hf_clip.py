@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from pomp.backbones.base import Backbone
+from pomp.backbones.base import Backbone, weight_dtype
 from pomp.backbones.identity import SHA_PREFIX, sha256_of
 from pomp.data.transforms import ImageSpec
 
@@ -36,17 +36,6 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PIL resampling codes as stored in processor configs ("resample": 3 == bicubic).
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "amp": torch.float32,
-    "amp_bf16": torch.float32,
-    "amp_bfloat16": torch.float32,
-    "fp16": torch.float16,
-    "pure_fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "pure_bf16": torch.bfloat16,
-}
 
 
 def _interpolation_name(resample) -> str:
@@ -244,7 +233,7 @@ def _processor_config(source: str) -> dict:
     folder = Path(source)
     present = folder.is_dir() and any((folder / f).is_file() for f in PROCESSOR_FILES)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             processor = AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError) as err:
         if present:  # a damaged file is an error; a missing one means CLIP's defaults
@@ -261,10 +250,15 @@ def _processor_config(source: str) -> dict:
 
 
 @contextmanager
-def _quiet_transformers():
-    """transformers' loading chatter (progress bars, load reports) off: pomp reports what matters in one line."""
-    from transformers.utils import logging as hf_logging
-
+def quiet_transformers():
+    """transformers' loading chatter kept off the user's terminal while a model is built: its load report (a
+    table with terminal escape codes, e.g. the Hub's roberta-base pooler that open_clip's text tower leaves
+    out) and progress bars; pomp reports what matters in one line. Nothing to quiet without transformers."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -323,8 +317,7 @@ def load_hf_clip(
         raise ValueError(f"{name!r}: give a folder or hub id after 'hf:'")
     if pretrained is not None and pretrained != source:
         raise ValueError(f"{name}: weights come from {source!r}; pretrained={pretrained!r} cannot override them")
-    if precision not in _DTYPES:
-        raise ValueError(f"unknown precision {precision!r} (one of {sorted(_DTYPES)})")
+    dtype = weight_dtype(precision)
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") > 1
     if looks_local and not Path(source).expanduser().is_dir():
         raise FileNotFoundError(f"{source}: no such model folder (expected a save_pretrained directory)")
@@ -338,7 +331,7 @@ def load_hf_clip(
         raise ImportError(f"{name}: hf: backbones need the transformers package, which failed to import ({err})") from None
     label = name if name.startswith(PREFIX) else PREFIX + name
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model_type = getattr(AutoConfig.from_pretrained(source_path), "model_type", None)
             if model_type != "clip":
                 raise ValueError(f"{label}: a {model_type!r} model, not CLIP; the hf: backbone reads transformers "
@@ -353,7 +346,7 @@ def load_hf_clip(
         raise ValueError(f"{label}: {len(absent)} weights of the CLIP model are missing from the folder or have "
                          f"another shape (e.g. {absent[0]}); they would be random")
     _check_tokenizer(label, tokenizer, int(model.config.text_config.vocab_size))
-    model = model.to(device=device, dtype=_DTYPES[precision])
+    model = model.to(device=device, dtype=dtype)
     backbone = HFCLIPBackbone(
         model, tokenizer, name=label, pretrained=source, processor_config=_processor_config(source_path),
     )

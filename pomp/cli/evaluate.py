@@ -36,8 +36,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
     from pomp.data.features import cached_image_features
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, percent,
-                               result_record, write_classnames, write_result, write_tables, zero_shot_metrics)
+    from pomp.evaluate import (CONFIG_DIR, baseline_record, build_classifier, classnames_record, label_filename,
+                               percent, result_record, write_classnames, write_result, write_tables, zero_shot_metrics)
     from pomp.interop import load_any
     from pomp.io import atomic_write_json, check_cache_dir, check_writable_dir
 
@@ -84,8 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 if extra["templates_source"].startswith("fallback"):
                     print(f"note: {name}: {label}: {extra['templates_source']}")
             record = result_record(name, backbone, metrics, label, extra)
-            safe = label.replace(":", "_").replace("/", "_")
-            write_result(out_dir / f"{name}__{safe}.json", record)
+            write_result(out_dir / f"{name}__{label_filename(label)}.json", record)
             records.append(record)
             print(f"{name:>20s}  {label:<40s} acc1 {percent(metrics['acc1'])}  acc5 "
                   f"{percent(metrics['acc5'])}  mpcr {percent(metrics['mean_per_class_recall'])}")
@@ -132,7 +131,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from pomp.backbones import load_backbone
-    from pomp.data.names import read_class_list
+    from pomp.data.names import SINGLE_TEMPLATE, read_class_list
     from pomp.export import write_class_embeddings
     from pomp.interop import load_any
     from pomp.io import check_writable_dir
@@ -146,7 +145,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     check_writable_dir(args.out_dir)
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
     paths = write_class_embeddings(args.out_dir, backbone, classnames, prompt=prompt,
-                                   template=(args.template or "a photo of a {}.") if prompt is None else None,
+                                   template=(args.template or SINGLE_TEMPLATE) if prompt is None else None,
                                    config={**vars(args), "func": None}, source=args.classes)
     for p in paths:
         print(p)

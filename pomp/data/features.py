@@ -16,6 +16,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pomp.backbones.base import Backbone
+from pomp.backbones.base import AUTOCAST_DTYPES, Backbone
 from pomp.data.folder import ImageDataset, collate_skipping, ignore_interrupts_in_worker
 from pomp.io import atomic_write, check_writable_dir, process_tag, publish_dir, read_json
 
@@ -47,7 +48,7 @@ def autocast_for(device: torch.device, precision: str = "bf16"):
     """Mixed precision on CUDA (`bf16` or `fp16`); full precision elsewhere or with `fp32`."""
     if device.type != "cuda" or precision == "fp32":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast("cuda", dtype=AUTOCAST_DTYPES.get(precision, torch.float16))
 
 
 @torch.no_grad()
@@ -62,6 +63,43 @@ def encode_pixels(backbone: Backbone, pixels: torch.Tensor, precision: str = "bf
     return F.normalize(feats.float(), dim=-1).view(b, v, -1)
 
 
+def encode_batches(
+    backbone: Backbone,
+    batches: Iterable[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]],
+    precision: str = "bf16",
+    desc: str = "image features",
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[ImageFeatures, torch.Tensor | None]:
+    """THE image-feature loop: batches `(pixels [B, (V,) 3, H, W] | None, labels [B], indices [B] | None,
+    skipped)` (pixels None: no image of the batch was readable) through the image tower (`encode_pixels`).
+
+    Returns the `ImageFeatures` (features `[M, V, D]` on CPU in `dtype`, `[0, 1, D]` when no image was
+    readable; labels `[M]`; images skipped) and the batches' indices `[M]` joined (None when they carry none).
+    """
+    feats, labels, indices, skipped = [], [], [], 0
+    for pixels, batch_labels, batch_indices, batch_skipped in tqdm(batches, desc=desc, disable=not progress,
+                                                                   leave=False):
+        skipped += int(batch_skipped)
+        if pixels is None:
+            continue
+        feats.append(encode_pixels(backbone, pixels, precision).cpu().to(dtype))
+        labels.append(batch_labels)
+        if batch_indices is not None:
+            indices.append(batch_indices)
+    if not feats:
+        empty = ImageFeatures(torch.zeros(0, 1, backbone.embed_dim, dtype=dtype), torch.zeros(0, dtype=torch.long),
+                              skipped)
+        return empty, None
+    return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped), torch.cat(indices) if indices else None
+
+
+def _image_loader(backbone: Backbone, dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of `dataset` in order, unreadable images dropped and counted (`collate_skipping`)."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
+                      pin_memory=backbone.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
+
+
 def compute_image_features(
     backbone: Backbone,
     dataset: ImageDataset,
@@ -72,20 +110,13 @@ def compute_image_features(
     progress: bool = True,
 ) -> ImageFeatures:
     """Run the image tower over a dataset in order; unreadable images are skipped and counted."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                        pin_memory=backbone.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
-    feats, labels, skipped = [], [], 0
-    for pixels, batch_labels, _, batch_skipped in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        skipped += batch_skipped
-        if pixels is None:
-            continue
-        feats.append(encode_pixels(backbone, pixels, precision).cpu())
-        labels.append(batch_labels)
-    if skipped:
-        warnings.warn(f"{desc}: skipped {skipped} unreadable images", stacklevel=2)
-    if not feats:
+    loader = _image_loader(backbone, dataset, batch_size, num_workers)
+    feats, _ = encode_batches(backbone, loader, precision, desc, progress)
+    if feats.skipped:
+        warnings.warn(f"{desc}: skipped {feats.skipped} unreadable images", stacklevel=2)
+    if not len(feats):
         raise ValueError(f"{desc}: no readable images")
-    return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
+    return feats
 
 
 def effective_precision(backbone: Backbone, precision: str) -> str:
@@ -235,24 +266,11 @@ def compute_feature_part(
     `job`: the same string on every rank of one extraction, default this process's `process_tag()`)."""
     from torch.utils.data import Subset
 
-    loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_skipping, pin_memory=backbone.device.type == "cuda",
-                        worker_init_fn=ignore_interrupts_in_worker)
-    feats, labels, indices, skipped = [], [], [], 0
-    for pixels, batch_labels, batch_indices, batch_skipped in tqdm(loader, desc=desc, disable=not progress,
-                                                                   leave=False):
-        skipped += batch_skipped
-        if pixels is None:
-            continue
-        feats.append(encode_pixels(backbone, pixels, precision).cpu().half())
-        labels.append(batch_labels)
-        indices.append(batch_indices)
-    dim = backbone.embed_dim
-    views = feats[0].shape[1] if feats else 1
-    part = {"features": torch.cat(feats).numpy() if feats else np.zeros((0, views, dim), np.float16),
-            "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-            "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
-            "skipped": np.array(skipped)}
+    loader = _image_loader(backbone, Subset(dataset, range(rank, len(dataset), world)), batch_size, num_workers)
+    feats, indices = encode_batches(backbone, loader, precision, desc, progress, dtype=torch.float16)
+    part = {"features": feats.features.numpy(), "labels": feats.labels.numpy(),
+            "indices": indices.numpy() if indices is not None else np.zeros(0, np.int64),
+            "skipped": np.array(feats.skipped)}
     key = cache_key(backbone, dataset, extra_key, precision)
     path = _parts_dir(Path(cache_dir), world, key, job) / f"rank{rank}.npz"
 

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 MAX_LISTED = 8  # coinciding names shown in the warning (the count covers them all)
+# CLIP's single hand-crafted zero-shot template (its paper, §3.1.4): the "single" baseline, the offline
+# default's fitted map and `pomp embed` without a prompt all write a class name into it
+SINGLE_TEMPLATE = "a photo of a {}."
 
 
 def clean_classname(name: str) -> str:

@@ -100,40 +100,21 @@ def write_shards(
     A shard set's splits share one class list: writing a split whose class names differ from the
     manifest's is an error. Unreadable images are skipped with a warning and counted.
     """
-    wds = _wds()
+    _wds()  # webdataset is needed: say so before anything is written
     if maxcount < 1:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
     if not split or any(c in split for c in "/.{}-"):
         raise ValueError(f"split name {split!r} must be a plain word (no / . {{ }} -)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
-    manifest = {"format": FORMAT, "classnames": list(images.classnames), "splits": {}}
-    if manifest_path.is_file():
-        manifest = read_json(manifest_path)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: not a {FORMAT} manifest")
-    if manifest["classnames"] != list(images.classnames):
-        raise ValueError(f"{manifest_path}: holds a different class list ({len(manifest['classnames'])} classes) "
-                         f"than these images ({len(images.classnames)}); write to another folder")
+    manifest = _manifest_for(out_dir / MANIFEST, images.classnames)
     for old in out_dir.glob(f"{split}-*.tar"):  # rewriting a split replaces all of its shards
         old.unlink()
     order = list(range(len(images)))
     if shuffle:
         random.Random(seed).shuffle(order)
-
-    shards, counts, skipped = [], [], 0
-    writer, count = None, 0
-
-    def close_shard():
-        nonlocal writer
-        if writer is not None:
-            writer.close()
-            tmp, final = writer_paths
-            os.replace(tmp, final)
-            counts.append(count)
-            writer = None
-
+    writer = _ShardWriter(out_dir, split, maxcount)
+    skipped = 0
     try:
         from tqdm.auto import tqdm
 
@@ -145,38 +126,76 @@ def write_shards(
                 warnings.warn(f"skipping unreadable image {images.root / rel}: {err}", stacklevel=2)
                 skipped += 1
                 continue
-            if writer is None or count >= maxcount:
-                close_shard()
-                name = f"{split}-{len(shards):06d}.tar"
-                shards.append(name)
-                writer_paths = (out_dir / f".{name}.tmp", out_dir / name)
-                writer = wds.TarWriter(str(writer_paths[0]), encoder=False, mtime=0.0)
-                count = 0
             meta = {"label": label, "classname": images.classnames[label], "path": rel}
             writer.write({"__key__": f"{key_index:09d}", ext: data, "cls": str(label).encode(),
                           "json": json.dumps(meta, ensure_ascii=False).encode()})
-            count += 1
-        close_shard()
+        writer.close()
     except BaseException as err:
-        if writer is not None:
-            try:
-                writer.close()
-            except OSError:
-                pass
-            Path(writer_paths[0]).unlink(missing_ok=True)
-        if isinstance(err, OSError) and writer is not None:  # e.g. ENOSPC: name the shard being written
-            raise WriteError(err.errno or errno.EIO, f"{writer_paths[1]}: could not be written "
-                                                     f"({err.strerror or err}); earlier shards are complete") from err
+        writer.abort(err)
         raise
-    if not shards:
+    if not writer.shards:
         raise ValueError(f"{images.name or images.root}: no readable images to write")
-    entry = {"pattern": f"{split}-{{000000..{len(shards) - 1:06d}}}.tar", "shards": shards, "counts": counts,
-             "num_samples": sum(counts), "skipped": skipped, "maxcount": maxcount, "seed": seed,
-             "source": str(images.root)}
+    entry = {"pattern": f"{split}-{{000000..{len(writer.shards) - 1:06d}}}.tar", "shards": writer.shards,
+             "counts": writer.counts, "num_samples": sum(writer.counts), "skipped": skipped, "maxcount": maxcount,
+             "seed": seed, "source": str(images.root)}
     manifest["splits"][split] = entry
     atomic_write_text(out_dir / CLASSES, "".join(f"{name}\n" for name in images.classnames))
-    atomic_write_json(manifest_path, manifest)
+    atomic_write_json(out_dir / MANIFEST, manifest)
     return entry
+
+
+def _manifest_for(path: Path, classnames: list[str]) -> dict:
+    """The folder's manifest (a new one when there is none); refused when it lists other classes."""
+    manifest = read_json(path) if path.is_file() else {"format": FORMAT, "classnames": list(classnames), "splits": {}}
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} manifest")
+    if manifest["classnames"] != list(classnames):
+        raise ValueError(f"{path}: holds a different class list ({len(manifest['classnames'])} classes) "
+                         f"than these images ({len(classnames)}); write to another folder")
+    return manifest
+
+
+class _ShardWriter:
+    """Samples into `<split>-NNNNNN.tar` files of at most `maxcount` samples each; a shard is written as a
+    hidden temporary and renamed once complete, so a shard set never holds a partial shard."""
+
+    def __init__(self, out_dir: Path, split: str, maxcount: int):
+        self.out_dir, self.split, self.maxcount = out_dir, split, maxcount
+        self.shards: list[str] = []
+        self.counts: list[int] = []
+        self.writer, self.count, self.paths = None, 0, None
+
+    def write(self, sample: dict) -> None:
+        if self.writer is None or self.count >= self.maxcount:
+            self.close()
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            self.shards.append(name)
+            self.paths = (self.out_dir / f".{name}.tmp", self.out_dir / name)
+            self.writer = _wds().TarWriter(str(self.paths[0]), encoder=False, mtime=0.0)
+            self.count = 0
+        self.writer.write(sample)
+        self.count += 1
+
+    def close(self) -> None:
+        """Publish the shard being written."""
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(*self.paths)
+            self.counts.append(self.count)
+            self.writer = None
+
+    def abort(self, err: BaseException) -> None:
+        """Remove the shard being written; an OSError (e.g. ENOSPC) raises a `WriteError` naming it."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.close()
+        except OSError:
+            pass
+        self.paths[0].unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise WriteError(err.errno or errno.EIO, f"{self.paths[1]}: could not be written "
+                                                     f"({err.strerror or err}); earlier shards are complete") from err
 
 
 # --- shard lists -------------------------------------------------------------------------------
@@ -312,6 +331,14 @@ class ShardPlan:
     world: int
     steps_per_epoch: int
     dropped_per_epoch: int
+    seed: int = 0  # the sample order's seed (`pixel_batches`)
+
+    def pixel_batches(self, transform: Callable, epoch: int, start_step: int = 0, num_workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[tuple]:
+        """`(pixels [B, ...] | None, labels | None, skipped)` per step (`pomp.data.training.TrainingPlan`):
+        `loader` with this plan's seed."""
+        for pixels, labels, _, skipped in self.loader(transform, epoch, start_step, self.seed, num_workers, pin_memory):
+            yield pixels, labels, skipped
 
     def loader(self, transform: Callable, epoch: int, start_step: int = 0, seed: int = 0, num_workers: int = 0,
                pin_memory: bool = False) -> Iterator[tuple]:
@@ -361,7 +388,8 @@ class ShardPlan:
 
 @dataclass
 class ShardSet:
-    """A shard set to train or validate on: shard URLs, per-shard sample counts, the class names."""
+    """A shard set to train or validate on: shard URLs, per-shard sample counts, the class names
+    (`pomp.data.training.TrainingData`)."""
 
     urls: list[str]
     counts: list[int]
@@ -400,7 +428,7 @@ class ShardSet:
             counts.append(known[base] if base in known else count_samples(url))
         return cls(urls, counts, classnames, name=Path(os.path.basename(urls[0].split("?")[0])).stem.split("-")[0])
 
-    def plan(self, batch_size: int, rank: int, world: int) -> ShardPlan:
+    def plan(self, batch_size: int, rank: int, world: int, seed: int = 0) -> ShardPlan:
         """Steps per epoch for `world` ranks: the smallest shard group's samples // batch size, on every rank."""
         if len(self.urls) < world:
             raise ValueError(f"{len(self.urls)} shards cannot be split over {world} processes; write more, smaller "
@@ -416,27 +444,33 @@ class ShardSet:
             warnings.warn(f"{dropped} of {len(self)} shard samples are left out of each epoch: shard groups per "
                           f"process hold {min(groups)}..{max(groups)} samples; use a shard count divisible by "
                           f"{world} with equal-size shards", stacklevel=2)
-        return ShardPlan(self, batch, rank, world, steps, dropped)
+        return ShardPlan(self, batch, rank, world, steps, dropped, seed)
 
-    def image_features(self, backbone, rank: int = 0, world: int = 1, num_workers: int = 0,
-                       precision: str = "bf16", batch_size: int = 64):
-        """Features (eval transform, one view) of this rank's shards `rank, rank+world, ...`: `ImageFeatures`."""
-        from pomp.data.features import ImageFeatures, encode_pixels
+    def sample_identity(self) -> list:
+        """The shard URLs and their sample counts."""
+        return [self.urls, self.counts]
 
+    def cached_features(self, cache_dir, backbone, transform, seed: int, views: int, num_workers: int = 0,
+                        precision: str = "bf16", progress: bool = False):
+        """Shards are read as a stream, never cached."""
+        raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
+
+    def validation_features(self, backbone, rank: int = 0, world: int = 1, num_workers: int = 0,
+                            precision: str = "bf16", cache_dir: Path | None = None, progress: bool = False,
+                            batch_size: int = 64):
+        """Features (eval transform, one view) of this rank's shards `rank, rank+world, ...`: `ImageFeatures`.
+        Shards are read as a stream, never cached: `cache_dir` must be None."""
+        from pomp.data.features import encode_batches
+
+        if cache_dir is not None:
+            raise ValueError("a feature cache needs image files, not shards")
         mine = assign_shards(len(self.urls), rank, world, rotate=False)
         stream = ShardStream(self.urls, len(self.classnames), backbone.eval_transform(), rank, world, rotate=False,
                              shuffle_buffer=0, chunk=batch_size)
-        feats, labels, skipped = [], [], 0
-        if mine:
-            loader = DataLoader(stream, batch_size=None, num_workers=min(num_workers, len(mine)))
-            for pixels, batch_labels, _, ok in loader:
-                skipped += int((~ok).sum())
-                if pixels is not None:
-                    feats.append(encode_pixels(backbone, pixels, precision).cpu())
-                    labels.append(batch_labels)
-        if not feats:
-            return ImageFeatures(torch.zeros(0, 1, backbone.embed_dim), torch.zeros(0, dtype=torch.long), skipped)
-        return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
+        loader = DataLoader(stream, batch_size=None, num_workers=min(num_workers, len(mine))) if mine else []
+        batches = ((pixels, labels, None, int((~ok).sum())) for pixels, labels, _, ok in loader)
+        features, _ = encode_batches(backbone, batches, precision, desc="val features", progress=progress)
+        return features
 
 
 __all__ = ["ShardPlan", "ShardSet", "ShardStream", "assign_shards", "count_samples", "expand_pattern",

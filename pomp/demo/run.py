@@ -26,7 +26,8 @@ from pomp.backbones import load_backbone
 from pomp.data.features import cached_image_features
 from pomp.data.folder import ImageDataset
 from pomp.data.splits import read_split_file
-from pomp.evaluate import build_classifier, result_record, write_result, zero_shot_metrics
+from pomp.data.names import SINGLE_TEMPLATE
+from pomp.evaluate import build_classifier, markdown_table, result_record, write_result, zero_shot_metrics
 from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, pretrain
@@ -91,7 +92,7 @@ def run_demo(out: Path, data: Path | None = None, **overrides) -> list[dict]:
         feats = cached_image_features(cache, backbone,
                                       ImageDataset(images, backbone.eval_transform()), num_workers=1,
                                       desc=f"{name} features")
-        for label, kwargs in (("a photo of a {}.", {"baseline": "single"}), ("learned", {"prompt": prompt})):
+        for label, kwargs in ((SINGLE_TEMPLATE, {"baseline": "single"}), ("learned", {"prompt": prompt})):
             metrics = zero_shot_metrics(feats.features.float(), feats.labels,
                                         build_classifier(backbone, images.classnames, **kwargs))
             record = result_record(name, backbone, metrics, label,
@@ -116,19 +117,18 @@ def run_demo(out: Path, data: Path | None = None, **overrides) -> list[dict]:
 
 def demo_table(records: list[dict]) -> str:
     """One row per dataset: classes, images, then top-1/top-5 for the hand-crafted and the learned prompt."""
-    rows = ["| dataset | classes | images | hand top-1 | learned top-1 | hand top-5 | learned top-5 |",
-            "|---|---|---|---|---|---|---|"]
+    header = ["dataset", "classes", "images", "hand top-1", "learned top-1", "hand top-5", "learned top-5"]
+    rows = []
     by_name: dict[str, dict[str, dict]] = {}
     for r in records:
         by_name.setdefault(r["dataset"], {})[r["prompt"]] = r
     for name, pair in by_name.items():
-        hand, learned = pair["a photo of a {}."], pair["learned"]
+        hand, learned = pair[SINGLE_TEMPLATE], pair["learned"]
         cells = [name, hand["num_classes"], hand["num_images"]]
         for metric in ("acc1", "acc5"):
             cells += [f"{100 * hand['metrics'][metric]:.1f}", f"{100 * learned['metrics'][metric]:.1f}"]
-        cells = cells[:3] + [cells[3], cells[4], cells[5], cells[6]]
-        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(rows) + "\n"
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pomp.backbones.base import Backbone
+from pomp.data.features import encode_pixels
 from pomp.dense.segment import dense_transform
 from pomp.ranking import class_scores, top_k_first_index
 
@@ -52,7 +53,8 @@ def expand_boxes(boxes_xyxy: torch.Tensor, factor: float, width: int, height: in
 def crop_features(
     backbone: Backbone, image: Image.Image, boxes_xyxy: torch.Tensor, context: float = 1.0, batch_size: int = 32
 ) -> torch.Tensor:
-    """`[N, D]` image features of the box crops (each resized to the tower's input size, no aspect kept)."""
+    """`[N, D]` L2-normalised image features of the box crops (each resized to the tower's input size, no
+    aspect kept), encoded in float32 `batch_size` crops at a time (`pomp.data.features.encode_pixels`)."""
     if len(boxes_xyxy) == 0:
         return torch.zeros(0, backbone.embed_dim)
     transform = dense_transform(backbone.image_spec)
@@ -63,7 +65,7 @@ def crop_features(
         right, bottom = max(left + 1, int(round(x1))), max(top + 1, int(round(y1)))
         crops.append(transform(image.crop((left, top, right, bottom))))
     pixels = torch.stack(crops)
-    feats = [backbone.encode_images(pixels[i : i + batch_size].to(backbone.device)).float().cpu()
+    feats = [encode_pixels(backbone, pixels[i : i + batch_size], "fp32")[:, 0].cpu()
              for i in range(0, len(pixels), batch_size)]
     return torch.cat(feats)
 

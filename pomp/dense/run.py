@@ -9,7 +9,8 @@ Outputs of a run, under `out_dir`:
     <label>/predictions/<id>.png                  segment, with save_predictions: palette label maps
     <label>/detections.json                       detect: COCO results
     results.md                                    the table printed at the end
-where <label> is `prompt_<file name>` or `baseline_<single|ensemble>`.
+where <label> is `prompt_<file name>` or `baseline_<single|ensemble>` (`pomp.evaluate.label_filename`:
+every run of characters other than ASCII letters, digits, `.`, `_`, `-` becomes one `_`, as in eval's file names).
 """
 
 from __future__ import annotations
@@ -95,19 +96,13 @@ def _setup(cfg, config_name: str, classnames: list[str], source: str, dense: boo
     return out_dir, backbone, runs, classifiers
 
 
-def _safe(label: str) -> str:
-    return label.replace(":", "_").replace("/", "_")
-
-
 def _record(task: str, dataset: str, backbone, label: str, metrics: dict, vocabulary: dict, kwargs: dict) -> dict:
-    """A result record as eval's: the metrics, the vocabulary scored and, for a baseline, its templates."""
-    from pomp.evaluate import RANDOM_INIT, baseline_record
+    """eval's `result_record` of `task`: the metrics, the vocabulary scored and, for a baseline, its templates."""
+    from pomp.evaluate import baseline_record, result_record
 
-    pretrained = backbone.pretrained if backbone.pretrained is not None else RANDOM_INIT
-    record = {"dataset": dataset, "model": backbone.name, "pretrained": pretrained, "task": task,
-              "metrics": metrics, "prompt": label, "backbone": backbone.describe(),
-              "num_classes": vocabulary["count"], "classnames": vocabulary}
-    return {**record, **(baseline_record(kwargs["baseline"]) if "baseline" in kwargs else {})}
+    extra = {"num_classes": vocabulary["count"], "classnames": vocabulary,
+             **(baseline_record(kwargs["baseline"]) if "baseline" in kwargs else {})}
+    return result_record(dataset, backbone, metrics, label, extra, task=task)
 
 
 def _vocabulary(run_dir: Path, classnames: list[str], source: str) -> dict:
@@ -119,18 +114,19 @@ def _vocabulary(run_dir: Path, classnames: list[str], source: str) -> dict:
 
 def results_markdown(records: list[dict], columns: list[str]) -> str:
     """One row per prompt, metrics in % (blank where undefined)."""
+    from pomp.evaluate import markdown_table
+
     def cell(value):
         return "" if value is None else f"{100 * value:.2f}"
 
-    lines = ["| prompt | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    lines += ["| " + r["prompt"] + " | " + " | ".join(cell(r["metrics"].get(c)) for c in columns) + " |"
-              for r in records]
-    return "\n".join(lines) + "\n"
+    return markdown_table(["prompt", *columns], [[r["prompt"], *(cell(r["metrics"].get(c)) for c in columns)]
+                                                  for r in records])
 
 
 def run_segment(cfg: SegmentConfig) -> list[dict]:
     """Segment a VOC-layout split with each classifier; write records, overlays and the table."""
     from pomp.dense.segment import evaluate_segmentation, read_name_set, read_voc_split
+    from pomp.evaluate import label_filename
 
     data = read_voc_split(cfg.data, cfg.split, cfg.classes)
     unseen = read_name_set(cfg.unseen)
@@ -138,7 +134,7 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
     out_dir, backbone, runs, classifiers = _setup(cfg, "segment_config.json", data.classnames, source, dense=True)
     records = []
     for (label, kwargs), classifier in zip(runs, classifiers):
-        run_dir = out_dir / _safe(label)
+        run_dir = out_dir / label_filename(label)
         metrics = evaluate_segmentation(
             backbone, data, classifier, size=cfg.size, bg_threshold=cfg.bg_threshold, unseen=unseen,
             overlay_dir=run_dir / "overlays" if cfg.overlays > 0 else None, max_overlays=cfg.overlays,
@@ -157,6 +153,7 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
     from pomp.dense.metrics import detection_metrics
     from pomp.dense.regions import METHODS, detect
     from pomp.dense.segment import read_name_set
+    from pomp.evaluate import label_filename
 
     if cfg.method not in METHODS:
         raise ValueError(f"unknown region method {cfg.method!r}; choose from {METHODS}")
@@ -185,7 +182,7 @@ def run_detect(cfg: DetectConfig) -> list[dict]:
     for (label, kwargs), classifier in zip(runs, classifiers):
         detections, stats = detect(backbone, gt, cfg.images, classifier, proposals=proposals, method=cfg.method,
                                    size=cfg.size, context=cfg.context, top_k=cfg.top_k, progress=cfg.progress)
-        run_dir = out_dir / _safe(label)
+        run_dir = out_dir / label_filename(label)
         atomic_write_text(run_dir / "detections.json", json.dumps(detections))
         metrics = {**detection_metrics(gt, detections, unseen), **stats}
         vocabulary = _vocabulary(run_dir, classnames, f"categories of {cfg.annotations}")
