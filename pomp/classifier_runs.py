@@ -5,8 +5,8 @@ files: `prompt:<file name>` (the path where two prompts share a name) and `basel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def load_classifier_runs(prompts: Sequence[str], baselines: Sequence[str]) -> list[tuple[str, dict]]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 # --- choices (the library's own constants; tests/test_config.py pins them equal) -------------------------------
 PRECISIONS = ("bf16", "fp16", "fp32")  # pomp.data.features.autocast_for

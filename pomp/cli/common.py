@@ -7,11 +7,13 @@ import argparse
 import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pomp.config import Options, default_of, flag, help_text, is_option
+
 
 class CommandParser(argparse.ArgumentParser):
     """Argument errors as one line, like every other error: `pomp CMD: error: ...` (exit 2)."""

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 
 from pomp.cli.common import add_command, load_eval_data
-from pomp.config import (CONFIG_DIR, BackbonesConfig, BenchmarkConfig, ConvertConfig, EmbedConfig, EvalConfig,
-                         InfoConfig)
+from pomp.config import CONFIG_DIR, BackbonesConfig, BenchmarkConfig, ConvertConfig, EmbedConfig, EvalConfig, InfoConfig
 
 
 def _names_source(spec: str, names: str | None) -> str:
@@ -72,8 +71,15 @@ def _score_dataset(cfg: EvalConfig, spec: str, images, backbone, runs, classifie
     """Score each run's classifier on one dataset of `pomp eval`; write and print its results."""
     from pomp.data.features import cached_image_features
     from pomp.data.folder import ImageDataset
-    from pomp.evaluate import (baseline_record, classnames_record, percent, result_record, write_classnames,
-                               write_result, zero_shot_metrics)
+    from pomp.evaluate import (
+        baseline_record,
+        classnames_record,
+        percent,
+        result_record,
+        write_classnames,
+        write_result,
+        zero_shot_metrics,
+    )
 
     name = images.name
     cache = Path(cfg.feature_cache) / name if cfg.feature_cache else None
