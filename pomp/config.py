@@ -76,11 +76,8 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def has_default(f: dataclasses.Field) -> bool:
-    return f.default is not MISSING or f.default_factory is not MISSING
-
-
 def default_of(f: dataclasses.Field) -> Any:
+    """Field `f`'s default (a fresh list for a list); `MISSING` for a required option."""
     if f.default_factory is not MISSING:
         return f.default_factory()
     return MISSING if f.default is MISSING else f.default

@@ -1,4 +1,4 @@
-"""`pomp segment` and `pomp detect`: one config dataclass each; every prompt / baseline side by side.
+"""`pomp segment` and `pomp detect`: one config dataclass each (`pomp.config`); every prompt / baseline side by side.
 
 Outputs of a run, under `out_dir`:
     segment_config.json | detect_config.json     the resolved config and the backbone's identity
