@@ -22,7 +22,7 @@ from pomp.backbones.base import PROBE_WORD, Backbone
 from pomp.backbones.identity import identity_differences
 from pomp.data.names import clean_classname  # re-exported: the prompt side has always offered it
 from pomp.deprecation import moved_names, renamed_keywords
-from pomp.io import atomic_write, atomic_write_json, atomic_write_safetensors, read_json
+from pomp.io import atomic_write_json, atomic_write_safetensors, read_json
 from pomp.version import __version__
 
 PLACEHOLDER = "X"

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -37,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pomp.backbones import Backbone, load_backbone
+from pomp.config import RESUME_WITH_PERMISSION, PretrainConfig
 from pomp.data.features import ImageFeatures, autocast_for, encode_pixels, weights_fingerprint
 from pomp.data.folder import STOP_SIGNALS, scan_class_folders
 from pomp.data.imagenet21k import resolve_names
@@ -61,71 +61,6 @@ from pomp.loss import local_contrast_loss, sample_negatives
 from pomp.prompt import ClassTokens, Prompt
 
 
-@dataclass
-class PretrainConfig:
-    """Everything a pre-training run depends on. Defaults are the paper's recipe (method.md §4)."""
-
-    backbone: str = "ViT-B-16"
-    pretrained: str | None = None
-    out_dir: str = "runs/pretrain"
-    # data: class folders (+ names file) split k-shot, or a CoOp-format split file
-    train_root: str | None = None
-    names: str | None = None
-    split_file: str | None = None
-    image_root: str | None = None
-    shots: int = 16
-    val_per_class: int = 50
-    split_seed: int = 0
-    # or webdataset shards (pomp.data.shards): brace pattern(s) + class list (shards.json or classes.txt)
-    train_shards: str | None = None
-    train_classes: str | None = None
-    val_shards: str | None = None
-    # prompt
-    n_ctx: int = 4
-    ctx_init: str | None = None
-    # local contrast / local correction
-    classes_per_step: int = 1000  # K; 0 or >= N: all classes (plain softmax)
-    local_correction: bool = True
-    margin: float | None = None
-    logit_scale: float | None = None  # default: the backbone's own
-    # optimisation
-    epochs: int = 5
-    batch_size: int = 32
-    views: int = 4
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    augment: bool = True
-    # execution
-    device: str = "auto"
-    precision: str = "bf16"  # autocast on CUDA: bf16 | fp16 | fp32
-    text_chunk_size: int = 2048
-    length_buckets: int = 1  # encode a step's classes in this many length-sorted groups (less padding)
-    compile: bool = False  # torch.compile the fast causal text blocks (opt-in; see benchmarks/README.md)
-    feature_cache: str | None = None
-    num_workers: int = 4
-    seed: int = 0
-    validate: bool = True
-    checkpoint_every: int = 200
-    max_steps: int | None = None  # stop after this many steps in total (resume continues)
-    max_bad_steps: int = 10
-    log_every: int = 10
-    progress: bool = True
-    resume: bool = False
-    allow_change: str = ""  # comma-separated settings a --resume may change (RESUME_WITH_PERMISSION)
-    extra: dict = field(default_factory=dict)
-
-    def recipe(self) -> dict:
-        keys = ["n_ctx", "ctx_init", "classes_per_step", "local_correction", "margin", "epochs", "batch_size",
-                "views", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "augment", "shots", "seed"]
-        recipe = {k: getattr(self, k) for k in keys}
-        if not self.train_root:  # a split file or shards fix the shots, not --shots
-            recipe["shots"] = None
-        return recipe
-
-
 # What `--resume` may change. Settings of how a run executes (not what it computes) change freely;
 # those in RESUME_WITH_PERMISSION only when named in --allow-change; the files and folders a run
 # reads (RESUME_BY_CONTENT) may move when what they hold is unchanged (`run_facts`: the backbone and
@@ -135,72 +70,8 @@ class PretrainConfig:
 RESUME_FREE = frozenset({"out_dir", "resume", "allow_change", "num_workers", "progress", "log_every",
                          "checkpoint_every", "max_steps", "max_bad_steps", "feature_cache", "text_chunk_size",
                          "length_buckets", "compile", "validate"})
-RESUME_WITH_PERMISSION = frozenset({"epochs", "device"})
 _PATH_FIELDS = ("backbone", "pretrained", "train_root", "names", "split_file", "image_root", "train_classes")
 RESUME_BY_CONTENT = frozenset(_PATH_FIELDS)
-
-
-def check_config(cfg: PretrainConfig) -> None:
-    """Reject values no run can use, before anything is loaded or written: one clear error each."""
-
-    def flag(name: str) -> str:
-        return "--" + name.replace("_", "-")
-
-    def finite(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    minimum = {"epochs": 1, "batch_size": 1, "views": 1, "shots": 1, "val_per_class": 0, "classes_per_step": 0,
-               "warmup_epochs": 0, "text_chunk_size": 1, "length_buckets": 1, "num_workers": 0, "checkpoint_every": 1,
-               "max_bad_steps": 1, "log_every": 1, "seed": 0, "split_seed": 0}
-    if not cfg.ctx_init:
-        minimum["n_ctx"] = 1
-    if cfg.max_steps is not None:
-        minimum["max_steps"] = 0
-    for name, low in minimum.items():
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
-    for name in ("seed", "split_seed"):
-        if getattr(cfg, name) >= 2**32:
-            raise ValueError(f"{flag(name)} must be < 2**32, got {getattr(cfg, name)}")
-    for name, low, low_ok, high in (("lr", 0.0, False, None), ("warmup_lr", 0.0, True, None),
-                                    ("momentum", 0.0, True, 1.0), ("weight_decay", 0.0, True, None),
-                                    ("logit_scale", 0.0, False, None), ("margin", None, True, None)):
-        value = getattr(cfg, name)
-        if value is None and name in ("logit_scale", "margin"):
-            continue
-        ok = finite(value) and (low is None or value > low or (low_ok and value == low))
-        if not (ok and (high is None or value < high)):
-            bound = "" if low is None else f" {'>=' if low_ok else '>'} {low:g}"
-            bound += "" if high is None else f" and < {high:g}"
-            raise ValueError(f"{flag(name)} must be a finite number{bound}, got {value!r}")
-    if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"--precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
-    if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device}: no CUDA device is available")
-    if cfg.classes_per_step == 1:
-        raise ValueError("--classes-per-step 1 leaves no negative class to contrast with (the loss is 0, nothing is "
-                         "learned): give 0 (all classes) or at least 2")
-    if cfg.ctx_init is not None and not cfg.ctx_init.strip():
-        raise ValueError(f"--ctx-init must hold words to start the context from (e.g. 'a photo of a'), "
-                         f"got {cfg.ctx_init!r}")
-    sources = [flag(n) for n in ("train_root", "split_file", "train_shards") if getattr(cfg, n)]
-    if not sources:
-        raise ValueError("give the training data: --train-root (class folders), --split-file or --train-shards")
-    if len(sources) > 1:
-        raise ValueError(f"{' and '.join(sources)}: give one source of training data, not {len(sources)}")
-    for option, needs in (("names", "train_root"), ("image_root", "split_file"), ("train_classes", "train_shards"),
-                          ("val_shards", "train_shards")):
-        if getattr(cfg, option) and not getattr(cfg, needs):
-            raise ValueError(f"{flag(option)} only applies with {flag(needs)}, which is not given")
-    if cfg.train_shards and cfg.feature_cache:
-        raise ValueError("--feature-cache needs image files (--train-root/--split-file), not --train-shards")
-    unknown = sorted(set(filter(None, (c.strip() for c in cfg.allow_change.split(",")))) - RESUME_WITH_PERMISSION)
-    if unknown:
-        raise ValueError(f"--allow-change {unknown[0]!r}: only {', '.join(sorted(RESUME_WITH_PERMISSION))} may be "
-                         f"changed on --resume (settings of how a run executes always may; see README)")
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -780,7 +651,7 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     checks, config.json), then `_train_epoch` per epoch (each step `_train_step`; at its end
     `_end_of_epoch`: validation, best prompt; `_checkpoint_or_stop` after every step) and `_finish`.
     """
-    check_config(cfg)
+    cfg.verify()  # one line naming the option, before anything is loaded or written
     dist_info, device = init_distributed(cfg.device)
     lock = RunLock(cfg.out_dir)
     with StopOnSignal() as stop:

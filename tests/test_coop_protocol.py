@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from sklearn.metrics import balanced_accuracy_score
-from test_benchmark_suite import IN1K, IN_A, IN_R, _image, _split, make_fake_benchmarks
+from test_benchmark_suite import IN1K, IN_A, IN_R, _split, make_fake_benchmarks
 
 from pomp.data import imagenet21k
 from pomp.evaluate import build_classifier, zero_shot_metrics

@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one `pomp` command; returns the exit status (2 with one `pomp CMD: error: ...` line for bad input)."""
     from pomp.io import remove_empty_dirs
-    from pomp.train import Interrupted
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -49,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     created = new_output_dirs(args)
     try:
         return args.func(args)
-    except Interrupted as err:  # SIGTERM, SIGINT, SIGHUP... during pretrain: the message says what was saved
-        print(f"pomp {args.command}: {printable_line(str(err))}", file=sys.stderr)
-        return err.exit_code
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:  # OSError: missing file, ENOSPC...
         remove_empty_dirs(created)
         if os.environ.get("POMP_DEBUG"):

@@ -1,18 +1,18 @@
-"""What every `pomp` command shares: help texts, argument types, option checks, the datasets of `--data`,
-the output folders a refused command must not leave behind, and one-line errors and warnings."""
+"""What every `pomp` command shares: its parser generated from its config (`pomp.config`), the datasets of
+`--data`, the output folders a refused command must not leave behind, and one-line errors and warnings."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import warnings
+from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any
 
-BACKBONE_HELP = ("open_clip model name (ViT-B-16, ViT-B-16-quickgelu...) or model-config JSON; hf:<folder> for a "
-                 "transformers CLIP folder (save_pretrained); minilm-efficientnet-lite0 (alias default) for the "
-                 "offline default")
-PRETRAINED_HELP = ("open_clip pretrained tag (e.g. openai; downloads, needs network) or a local weights file "
-                   "(OpenAI's original .pt, an open_clip state dict...)")
+from pomp.config import Options, default_of, flag, help_text, is_option
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -22,42 +22,48 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def int_at_least(low: int):
-    """argparse type: an integer >= low (refused while parsing: one line, nothing created)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    """An instance of dataclass `cls` from the parsed options of the same names."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**values)
-
-
-def refuse_unused(pairs: list[tuple[bool, str]]) -> None:
-    """One error for the first option given where it does nothing (`given`, message)."""
-    for given, message in pairs:
-        if given:
-            raise ValueError(message)
+def argument(f: dataclasses.Field) -> tuple[list[str], dict]:
+    """`add_argument`'s names and keywords for option `f` (a `pomp.config.option` field): `--n-ctx` for `n_ctx`,
+    its help (`help_text`), type, choices, default; `--x/--no-x` for a bool; repeatable: `append`; no default:
+    required. Bounds are checked by `Options.verify`, after parsing, like every rule across options."""
+    meta = f.metadata
+    spec = {"help": help_text(f)}
+    if meta["positional"]:
+        return [f.name], spec
+    default = default_of(f)
+    if default is MISSING:
+        spec["required"] = True
+    else:
+        spec["default"] = default
+    if meta["type"] is bool:
+        spec["action"] = argparse.BooleanOptionalAction
+    else:
+        spec.update(type=meta["type"], choices=meta["choices"], action="append" if meta["repeatable"] else "store")
+    return [flag(f.name)], spec
 
 
-def refuse_unused_data_options(specs: list[str], image_root: str | None, names: str | None,
-                                split_file: str | None = None, train_root: str | None = None) -> None:
-    """--image-root and --names must apply to some data given (split JSON files, class folders)."""
-    json_files = [s for s in specs if Path(s).suffix == ".json"]
-    refuse_unused([(bool(image_root) and not json_files and not split_file,
-                    "--image-root applies to split JSON files; none is given"),
-                   (bool(names) and len(json_files) == len(specs) and not train_root,
-                    "--names applies to class folders; none is given")])
+def add_command(sub, name: str, config: type[Options], run: Callable[[Any], int], help: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+    """Register command `name` on `sub`: one argument per option field of `config`; the command builds its
+    config from them, validates it (`Options.verify`: one line naming the option) and passes it to `run`."""
+    parser = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
+    for f in dataclasses.fields(config):
+        if is_option(f):
+            names, spec = argument(f)
+            parser.add_argument(*names, **spec)
+    parser.set_defaults(func=functools.partial(_run_command, config, run))
+    return parser
+
+
+def config_from_args(config: type[Options], args: argparse.Namespace) -> Options:
+    """The `config` of the parsed options, validated."""
+    cfg = config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config) if is_option(f)})
+    cfg.verify()
+    return cfg
+
+
+def _run_command(config: type[Options], run: Callable[[Any], int], args: argparse.Namespace) -> int:
+    return run(config_from_args(config, args))
 
 
 def load_eval_data(specs: list[str], split: str, image_root: str | None, names: str | None):

@@ -1,4 +1,4 @@
-"""`pomp segment` and `pomp detect`: one config dataclass each; every prompt / baseline side by side.
+"""`pomp segment` and `pomp detect`: one config dataclass each (`pomp.config`); every prompt / baseline side by side.
 
 Outputs of a run, under `out_dir`:
     segment_config.json | detect_config.json     the resolved config and the backbone's identity
@@ -18,79 +18,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pomp.config import DetectConfig, SegmentConfig
 from pomp.io import atomic_write_json, atomic_write_text, check_writable_dir, read_json
-
-
-@dataclass
-class SegmentConfig:
-    backbone: str
-    data: str
-    out_dir: str = "runs/segment"
-    pretrained: str | None = None
-    prompt: str | None = None
-    baseline: list[str] = field(default_factory=list)
-    split: str = "val"
-    classes: str | None = None
-    unseen: str | None = None
-    size: int | None = None
-    bg_threshold: float | None = None
-    overlays: int = 8
-    save_predictions: bool = False
-    device: str = "auto"
-    progress: bool = False
-
-
-@dataclass
-class DetectConfig:
-    backbone: str
-    annotations: str
-    images: str
-    out_dir: str = "runs/detect"
-    pretrained: str | None = None
-    prompt: str | None = None
-    baseline: list[str] = field(default_factory=list)
-    boxes: str | None = None
-    method: str = "roi"
-    size: int | None = None
-    context: float = 1.0
-    top_k: int = 5
-    unseen: str | None = None
-    device: str = "auto"
-    progress: bool = False
-
-
-def _classifier_runs(cfg) -> list[tuple[str, dict]]:
-    """(label, build_classifier kwargs) for the prompt and each baseline."""
-    from pomp.interop import load_any
-
-    if not cfg.prompt and not cfg.baseline:
-        raise ValueError("give --prompt and/or --baseline single|ensemble")
-    runs = []
-    if cfg.prompt:
-        runs.append(("prompt:" + Path(cfg.prompt).name, {"prompt": load_any(cfg.prompt)}))
-    runs += [(f"baseline:{b}", {"baseline": b}) for b in dict.fromkeys(cfg.baseline)]
-    return runs
 
 
 def _setup(cfg, config_name: str, classnames: list[str], source: str, dense: bool):
     """Everything that can refuse the run, before the config is written: prompt, backbone, the dense path
     at the input size, every class text (one that does not fit the text context stops the run here)."""
     from pomp.backbones import load_backbone
+    from pomp.classifier_runs import load_classifier_runs, place_on
     from pomp.evaluate import build_classifier
 
-    runs = _classifier_runs(cfg)  # a refused prompt leaves no output folder behind
+    runs = load_classifier_runs(cfg.prompt_paths(), cfg.baseline)  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(cfg.out_dir)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
     if dense:
         backbone.check_dense_input(cfg.size or backbone.image_spec.size)
-    device = backbone.device
-    for _, kwargs in runs:
-        if "prompt" in kwargs:
-            kwargs["prompt"].check_compatible(backbone)
-            kwargs["prompt"].to(device)
+    place_on(runs, backbone)
     classifiers = [build_classifier(backbone, classnames, source=source, **kwargs) for _, kwargs in runs]
     atomic_write_json(out_dir / config_name, {**dataclasses.asdict(cfg), "backbone_info": backbone.describe()})
     return out_dir, backbone, runs, classifiers
@@ -128,6 +74,7 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
     from pomp.dense.segment import evaluate_segmentation, read_name_set, read_voc_split
     from pomp.evaluate import label_filename
 
+    cfg.verify()  # as the command line does, for a config made in Python
     data = read_voc_split(cfg.data, cfg.split, cfg.classes)
     unseen = read_name_set(cfg.unseen)
     source = str(cfg.classes or Path(cfg.data) / "classes.txt")
@@ -151,12 +98,11 @@ def run_segment(cfg: SegmentConfig) -> list[dict]:
 def run_detect(cfg: DetectConfig) -> list[dict]:
     """Classify boxes with each classifier; write COCO detections, records and the table."""
     from pomp.dense.metrics import detection_metrics
-    from pomp.dense.regions import METHODS, detect
+    from pomp.dense.regions import detect
     from pomp.dense.segment import read_name_set
     from pomp.evaluate import label_filename
 
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown region method {cfg.method!r}; choose from {METHODS}")
+    cfg.verify()  # as the command line does, for a config made in Python
     gt = read_json(cfg.annotations)
     if not isinstance(gt, dict) or not gt.get("categories"):
         raise ValueError(f"{cfg.annotations}: not a COCO ground-truth file with categories")
