@@ -29,14 +29,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, torchrun_command
+from conftest import TINY_CONFIG as TINY
+from conftest import one_line as _one_line
 
 from pomp.cli import main
 from pomp.data.synthetic import make_class_folders
 from pomp.prompt import Prompt
 from pomp.train import read_checkpoint_state
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -78,10 +79,7 @@ def log_lines(out: Path) -> int:
 
 
 def one_line(err: str, prefix: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "No pretrained weights" not in line]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(prefix), err
-    return lines[0]
+    return _one_line(err, prefix, ignore="No pretrained weights")  # open_clip's warning, not ours
 
 
 def step_records(out: Path) -> list[int]:
@@ -438,12 +436,6 @@ def test_a_signal_ignored_at_start_stays_ignored(class_folders, tmp_path, launch
     assert step_records(out) == list(range(24))  # 6 classes x 4 shots, one image per step
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -460,8 +452,7 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(class_fo
     env = {**ENV, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(_free_port()), "-m", "pomp.cli", *args, *extra]
+        return torchrun_command([*args, *extra])
 
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(torchrun(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)

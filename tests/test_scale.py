@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import torchrun_command
 
 from pomp.cli import main as cli_main
-from pomp.data.features import (cache_key, cached_image_features, compute_feature_part, extract_image_features,
-                           merge_feature_parts)
+from pomp.data.features import (
+    cache_key,
+    cached_image_features,
+    compute_feature_part,
+    extract_image_features,
+    merge_feature_parts,
+)
 from pomp.data.folder import ImageDataset, LabelledImages, scan_class_folders
 from pomp.data.splits import read_split_file
 from pomp.data.synthetic import make_class_folders
@@ -23,21 +28,10 @@ from pomp.data.transforms import MultiView, train_transform
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _torchrun(args: list[str], timeout: int = 85) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pomp.cli", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(torchrun_command(args), env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
 from PIL import Image
 
 from pomp.cli import main
@@ -35,7 +36,6 @@ from pomp.data.suite_layouts import LAYOUT_BY_KEY, class_list, load_test_set
 from pomp.data.synthetic import make_class_folders
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

@@ -24,6 +24,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CONFIG as TINY
 
 import pomp
 from pomp.backbones.identity import sha256_of
@@ -32,7 +33,6 @@ from pomp.cli import main
 from pomp.prompt import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 TEXTS = ["a photo of a cat.", "a hot air balloon", "X X X X tabby cat."]
 
 
