@@ -220,6 +220,7 @@ def test_eval_and_data_split_read_names_files_alike(class_folders, tmp_path, cap
     assert not (tmp_path / "split2.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_warnings_are_one_line(tiny_config, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("crane\ncrane, bird\n", encoding="utf-8")

@@ -475,6 +475,7 @@ def _checkpoint_stamp(path: Path):
         return None
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(class_folders, tmp_path, capsys):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--checkpoint-every", "1")
     assert main(argv) == 0

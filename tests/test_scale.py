@@ -59,6 +59,7 @@ def test_feature_parts_merge_into_the_readers_cache(backbone, class_folders, tmp
     assert extract_image_features(tmp_path / "split", backbone, dataset, extra) is not None  # reused as is
 
 
+@pytest.mark.slow
 def test_features_under_torchrun_are_reused_by_eval_and_training(backbone, tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "data", num_classes=4, per_class=6)
     split = tmp_path / "split.json"
@@ -95,6 +96,7 @@ def _held_out_accuracy(backbone, prompt_path: Path, test: LabelledImages) -> flo
     return zero_shot_metrics(feats.features.float(), feats.labels, classifier)["acc1"]
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_from_shards(backbone, tmp_path, capsys):
     pytest.importorskip("webdataset")
     data = make_class_folders(tmp_path / "data", num_classes=6, per_class=14)
@@ -170,6 +172,7 @@ def _validate_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_validation_accuracy_is_gathered_over_ranks(tmp_path):
     """Each rank scores its own val images; the accuracy is (sum of correct) / (sum of images) on every rank."""
     import torch.multiprocessing as mp

@@ -176,6 +176,7 @@ def _shard_config(shards: Path, out: Path, **kw) -> PretrainConfig:
     return PretrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_pretrain_from_shards_and_resume_exactly(shard_dir, tmp_path):
     data = make_class_folders(tmp_path / "val", num_classes=4, per_class=3, seed=1)
     write_shards(scan_class_folders(data / "images"), shard_dir, "val", maxcount=4)  # 12 val samples, 3 shards

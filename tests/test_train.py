@@ -72,6 +72,7 @@ def _config(data: Path, out: Path, **kw) -> PretrainConfig:
     return PretrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(class_folders, tmp_path):
     full = _config(class_folders, tmp_path / "full")
     summary = pretrain(full)
@@ -105,6 +106,7 @@ def test_feature_cache_training_runs(class_folders, tmp_path):
     assert meta["shape"][:2] == [24, 2] and meta["key"]["views"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(class_folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
