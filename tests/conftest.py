@@ -4,6 +4,8 @@ the one-line error contract, and the torchrun launcher."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +76,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- documented commands (tests/test_readme.py, tests/test_docs.py) -----------------------------------
+RUN_ENV = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def fenced_block(markdown: str, heading: str, language: str) -> str:
+    """The one ```language block in the section under `## heading`."""
+    section = markdown.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.S | re.M)
+    assert len(blocks) == 1, f"expected one {language} block under '## {heading}', found {len(blocks)}"
+    return blocks[0]
+
+
+def run_shell(script: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a documented shell block in bash (`set -euo pipefail`) with `pomp` = `python -m pomp.cli` and
+    `python` = this interpreter: what `source .venv/bin/activate` gives."""
+    prelude = (f'set -euo pipefail\npython() {{ "{sys.executable}" "$@"; }}\n'
+               f'pomp() {{ "{sys.executable}" -m pomp.cli "$@"; }}\n')
+    return subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=RUN_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli_quickstart(tmp_path_factory) -> Path:
+    """A fresh folder in which the README's CLI quickstart ran, as written; its outputs are under runs/quickstart."""
+    folder = tmp_path_factory.mktemp("cli-quickstart")
+    done = run_shell(fenced_block((REPO / "README.md").read_text(encoding="utf-8"), "CLI quickstart", "bash"), folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
