@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo walkthrough clean
+.PHONY: install test test-fast demo walkthrough clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# the quick loop: every test but those marked slow (`@pytest.mark.slow`: torchrun, real signals, long runs)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 # Fashion-MNIST comes from Debian (needs root or an existing copy); emoji images from npm (`npm pack`).
 $(VENV)/.demo-data-sources: $(VENV)/.installed

@@ -339,7 +339,7 @@ class RunLock:
     The kernel drops the lock when its process dies (kill -9 included), so a lock left by a dead
     process is simply taken over; its file only says who held it last. A second holder is refused
     with `RuntimeError` naming the holder (pid, host, start time, command). Local file systems and
-    NFSv4 honour `flock`; some network file systems do not (see README, Reliability).
+    NFSv4 honour `flock`; some network file systems do not (see docs/reliability.md).
     """
 
     NAME = "run.lock"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the README's table of supported open_clip families by checking every `open_clip.list_models()` entry.
+"""Generate docs/models.md's table of supported open_clip families by checking every `open_clip.list_models()` entry.
 
 Each architecture is shrunk (few layers, small widths, random weights; `pomp.backbones.zoo`), handed to
 pomp as a model object with its tokenizer, and checked:
@@ -12,9 +12,9 @@ Entries are grouped into families by what pomp resolved (image tower, text tower
 the context goes, pooling, whether cutting is exact, dense path). Tokenizers that live on the
 Hugging Face Hub are replaced by local ones of the same kind (marked *). Run offline:
 
-    HF_HUB_OFFLINE=1 python scripts/support_table.py --write README.md
+    HF_HUB_OFFLINE=1 python scripts/support_table.py --write docs/models.md
 
-`--write` replaces the text between the README's support-table markers; without it the table is
+`--write` replaces the text between the page's support-table markers; without it the table is
 printed. Exit status 1 if any entry fails a check.
 """
 
@@ -114,7 +114,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", type=Path, default=None, help="README to update between the support-table markers")
+    parser.add_argument("--write", type=Path, default=None, help="page to update between its support-table markers (docs/models.md)")
     parser.add_argument("names", nargs="*", help="only these list_models() entries (default: all)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny randomly initialised open_clip models and generated class-folder images."""
+"""Shared fixtures and helpers: tiny randomly initialised open_clip models, generated class-folder images,
+the one-line error contract, and the torchrun launcher."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,8 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-ASSETS = Path(__file__).parent / "assets"
-TINY_CONFIG = str(ASSETS / "tiny-clip.json")
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "tests" / "assets"
+TINY_CONFIG = str(ASSETS / "tiny-clip.json")  # the tiny random open_clip model every test may use
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -35,3 +40,70 @@ def class_folders(tmp_path: Path) -> Path:
     from pomp.data.synthetic import make_class_folders
 
     return make_class_folders(tmp_path, num_classes=6, per_class=6)
+
+
+# --- helpers (imported by test modules: `from conftest import ...`) ---------------------------------
+def one_line(err: str, prefix: str, ignore: str | None = None) -> str:
+    """The only non-blank line of `err` (lines holding `ignore` left out); it starts with `prefix`, and no
+    traceback was printed. Returns the line."""
+    lines = [line for line in err.splitlines() if line.strip() and not (ignore and ignore in line)]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0]
+
+
+def assert_one_line_error(rc: int, err: str, command: str, *needles: str) -> str:
+    """The error contract: exit status 2, exactly one line on stderr `pomp CMD: error: ...` holding every
+    needle, no traceback. Returns the line."""
+    assert rc == 2, err
+    line = one_line(err, f"pomp {command}: error: ")
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def torchrun_command(args: list[str], nproc: int = 2) -> list[str]:
+    """`python -m pomp.cli ARGS` under torchrun with `nproc` local processes. `--standalone` makes torchrun
+    pick a free port itself (a rendezvous on localhost:0), so parallel runs never collide on a port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "pomp.cli", *args]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group made in this process: MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- documented commands (tests/test_readme.py, tests/test_docs.py) -----------------------------------
+RUN_ENV = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def fenced_block(markdown: str, heading: str, language: str) -> str:
+    """The one ```language block in the section under `## heading`."""
+    section = markdown.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.S | re.M)
+    assert len(blocks) == 1, f"expected one {language} block under '## {heading}', found {len(blocks)}"
+    return blocks[0]
+
+
+def run_shell(script: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a documented shell block in bash (`set -euo pipefail`) with `pomp` = `python -m pomp.cli` and
+    `python` = this interpreter: what `source .venv/bin/activate` gives."""
+    prelude = (f'set -euo pipefail\npython() {{ "{sys.executable}" "$@"; }}\n'
+               f'pomp() {{ "{sys.executable}" -m pomp.cli "$@"; }}\n')
+    return subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=RUN_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli_quickstart(tmp_path_factory) -> Path:
+    """A fresh folder in which the README's CLI quickstart ran, as written; its outputs are under runs/quickstart."""
+    folder = tmp_path_factory.mktemp("cli-quickstart")
+    done = run_shell(fenced_block((REPO / "README.md").read_text(encoding="utf-8"), "CLI quickstart", "bash"), folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder

@@ -15,19 +15,11 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import assert_one_line_error
 
 import pomp
 from pomp.cli import main
 from pomp.prompt import Prompt
-
-
-def assert_one_line_error(rc: int, err: str, command: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def derived_config(tmp_path: Path, name: str, file_name: str, **vision) -> str:

@@ -59,6 +59,7 @@ def clip_benchmark_build(folder: Path, table: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_clip_benchmark_build_reads_pomp_results(backbone, class_folders, tiny_config, tmp_path):
     prompt = Prompt.init(backbone, n_ctx=4, seed=0)
     prompt.save(tmp_path / "p.safetensors")
@@ -87,6 +88,7 @@ def test_clip_benchmark_build_reads_pomp_results(backbone, class_folders, tiny_c
         assert row["model_fullname"] == f"{tiny_config} random-init"
 
 
+@pytest.mark.slow
 def test_clip_benchmark_build_reads_a_benchmark_folder(backbone, tiny_config, tmp_path):
     """`pomp benchmark` writes results beside its tables; its config and summary live in config/."""
     from test_benchmark_suite import ALL_KEYS, make_fake_benchmarks

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,16 +35,8 @@ from pomp.interop import load_official, save_official
 from pomp.prompt import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 FUZZ = dict(deadline=None, derandomize=True, database=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def one_line(err: str, command: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
-    return lines[0]
 
 
 # --- CLI arguments -------------------------------------------------------------------------------
@@ -96,10 +90,10 @@ def test_pretrain_flags_run_or_fail_with_one_line(values, capsys, monkeypatch, t
         rc = main(argv)
     except SystemExit as exit_info:  # argparse refused a value
         rc = exit_info.code
-        line = one_line(capsys.readouterr().err, "pretrain")
+        line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
         assert rc == 2 and "parse" in faults.values(), (values, line)
         return
-    line = one_line(capsys.readouterr().err, "pretrain")
+    line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
     assert rc == 2
     assert "parse" not in faults.values(), (values, line)
     refused = [f for f, fault in faults.items() if fault == "value"]

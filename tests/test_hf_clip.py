@@ -324,6 +324,7 @@ def test_folders_pomp_cannot_use_are_refused_before_any_work(hf_dir, tmp_path):
         pomp.load_backbone(f"hf:{partial}")
 
 
+@pytest.mark.slow
 def test_a_siglip_folder_is_one_line_not_a_load_report(hf_dir, tmp_path):
     """transformers would print a multi-line LOAD REPORT and fail with its own advice; pomp says what it is."""
     import os

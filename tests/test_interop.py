@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import assert_one_line_error
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, PolynomialLR
 
@@ -38,7 +40,6 @@ from pomp.torchfile import Opaque, read_torch_file
 
 TEXT_WIDTH = 48  # tiny-clip.json
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 
 
 # --- producers ---------------------------------------------------------------------------------
@@ -191,13 +192,10 @@ def detectron2_save(model: nn.Module, path: Path, iteration: int = 9999, **extra
 
 
 def one_line_error(capsys, rc: int, command: str, *needles: str) -> str:
+    """`assert_one_line_error` on what was printed, which also holds no terminal escape and no torch advice."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
-    assert "Traceback" not in err and "\x1b" not in err and "weights_only" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+    assert "\x1b" not in err and "weights_only" not in err, err
+    return assert_one_line_error(rc, err, command, *needles)
 
 
 # --- the official POMP checkpoint ---------------------------------------------------------------

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -145,6 +147,7 @@ def test_import_pomp_is_light_and_its_public_names_load_on_first_use():
                                         "module 'pomp' has no attribute 'no_such_name'"]
 
 
+@pytest.mark.slow
 def test_module_entry_points_run():
     """`python -m pomp.cli` (how torchrun starts pomp), `python -m pomp.demo` (make demo), `python -m pomp.demo.data`."""
     for args, first_line in ((["-m", "pomp.cli", "--version"], "pomp 0.1.0"),

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 from pomp.cli import main
 from pomp.data.names import clean_classname, read_class_list, read_names_file, warn_coinciding_names
@@ -25,12 +26,7 @@ LEMMAS = "n02123045\ttabby, tabby cat\nn02119789\tkit_fox, Vulpes macrotis\nn030
 
 
 def one_line_error(capsys, rc: int, command: str, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+    return assert_one_line_error(rc, capsys.readouterr().err, command, *needles)
 
 
 # --- the reader ------------------------------------------------------------------------------------
@@ -224,6 +220,7 @@ def test_eval_and_data_split_read_names_files_alike(class_folders, tmp_path, cap
     assert not (tmp_path / "split2.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_warnings_are_one_line(tiny_config, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("crane\ncrane, bird\n", encoding="utf-8")

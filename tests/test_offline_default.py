@@ -149,6 +149,7 @@ def test_fit_ridge_map_matches_lstsq_on_random_data(intercept):
         assert not b.any()
 
 
+@pytest.mark.slow
 def test_backbone_map_is_the_ridge_solution(backbone, imagenet_x):
     x = imagenet_x.double().numpy()
     y = backbone.image_model._fc.weight.detach().double().numpy()

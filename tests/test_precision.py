@@ -8,17 +8,15 @@ feature >= 0.999 / 0.99. On CUDA when a GPU is present, on CPU always.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CONFIG as TINY
+from test_hf_clip import hf_dir  # noqa: F401  (the transformers-saved tiny CLIP folder fixture)
 
 import pomp
 from pomp.prompt import Prompt
-from test_hf_clip import hf_dir  # noqa: F401  (the transformers-saved tiny CLIP folder fixture)
 
-TINY = str(Path(__file__).resolve().parents[1] / "tests/assets/tiny-clip.json")
 TOLERANCE = {"fp16": (0.01, 0.999), "bf16": (0.06, 0.99)}  # (relative L2 error, minimum cosine)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 

@@ -16,19 +16,21 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
-import re
 import warnings
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import assert_one_line_error
 from PIL import Image
 
 import pomp.train as train_module
@@ -39,12 +41,17 @@ from pomp.data.splits import write_split_file
 from pomp.data.synthetic import make_class_folders
 from pomp.data.transforms import ImageSpec, eval_transform
 from pomp.interop import load_any, load_official
-from pomp.io import atomic_write, atomic_write_safetensors, atomic_write_text, check_writable_dir, remove_stale_temp_files
+from pomp.io import (
+    atomic_write,
+    atomic_write_safetensors,
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temp_files,
+)
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, load_checkpoint, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 TEXT_WIDTH = 48  # tiny-clip.json text width
 
 
@@ -62,17 +69,6 @@ def config(data: Path, out: Path, **kw) -> PretrainConfig:
                 out_dir=str(out), progress=False, lr=0.05)
     base.update(kw)
     return PretrainConfig(**base)
-
-
-def assert_one_line_error(rc: int, err: str, command: str, *needles: str) -> str:
-    """Exit 2, exactly one line on stderr `pomp CMD: error: ...` holding every needle, no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(f"pomp {command}: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
@@ -479,6 +475,7 @@ def _checkpoint_stamp(path: Path):
         return None
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(class_folders, tmp_path, capsys):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--checkpoint-every", "1")
     assert main(argv) == 0

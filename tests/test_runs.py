@@ -29,14 +29,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, torchrun_command
+from conftest import TINY_CONFIG as TINY
+from conftest import one_line as _one_line
 
 from pomp.cli import main
 from pomp.data.synthetic import make_class_folders
 from pomp.prompt import Prompt
 from pomp.train import read_checkpoint_state
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -78,10 +79,7 @@ def log_lines(out: Path) -> int:
 
 
 def one_line(err: str, prefix: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "No pretrained weights" not in line]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(prefix), err
-    return lines[0]
+    return _one_line(err, prefix, ignore="No pretrained weights")  # open_clip's warning, not ours
 
 
 def step_records(out: Path) -> list[int]:
@@ -107,6 +105,7 @@ def other_weights(path: Path, seed: int) -> Path:
 
 
 # --- one run per out-dir -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp_path, capsys):
     out = tmp_path / "run"
     first_argv = pretrain_argv(class_folders, out, "--epochs", "40", "--batch-size", "1", "--no-validate",
@@ -273,6 +272,7 @@ def test_resume_of_a_run_from_before_stored_settings_checks_its_config(class_fol
                        Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx)
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_resume_starts_a_new_run_and_says_so(class_folders, tmp_path):
     done = run_cli([*pretrain_argv(class_folders, tmp_path / "typo"), "--resume", "--max-steps", "1"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -338,6 +338,7 @@ def test_outputs_of_a_finished_run_without_checkpoint_are_not_overwritten(class_
 
 # --- signals -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_signal_saves_the_step_and_resume_equals_an_uninterrupted_run(class_folders, tmp_path, capsys, sig):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1000",
                          "--log-every", "1", "--num-workers", "1")
@@ -372,6 +373,7 @@ def test_signal_saves_the_step_and_resume_equals_an_uninterrupted_run(class_fold
     assert step_records(out) == list(range(48))
 
 
+@pytest.mark.slow
 def test_hangup_and_scheduler_warnings_save_like_sigterm(class_folders, tmp_path, capsys):
     """A closed terminal (SIGHUP), SLURM's `--signal` / SGE's `-notify` warnings (SIGUSR1, SIGUSR2) and the
     CPU-time limit (SIGXCPU) kill a process by default: each must finish the step and save instead."""
@@ -408,6 +410,7 @@ def test_hangup_and_scheduler_warnings_save_like_sigterm(class_folders, tmp_path
 
 
 @pytest.mark.parametrize("launch", ["nohup", "background job of a script"])
+@pytest.mark.slow
 def test_a_signal_ignored_at_start_stays_ignored(class_folders, tmp_path, launch):
     """`nohup` ignores SIGHUP; a non-interactive shell starts `cmd &` with SIGINT ignored (so Ctrl-C on the
     script spares it). A run started that way must keep running through that signal, as Python itself does."""
@@ -438,12 +441,6 @@ def test_a_signal_ignored_at_start_stays_ignored(class_folders, tmp_path, launch
     assert step_records(out) == list(range(24))  # 6 classes x 4 shots, one image per step
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -452,6 +449,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(class_folders, tmp_path):
     if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
         pytest.skip("needs /proc/PID/task/PID/children to find the ranks")
@@ -460,8 +458,7 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(class_fo
     env = {**ENV, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(_free_port()), "-m", "pomp.cli", *args, *extra]
+        return torchrun_command([*args, *extra])
 
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(torchrun(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -521,6 +518,7 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, capsys, tiny_tmpfs):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1",
                          "--log-every", "1000", "--epochs", "1", "--no-validate")
@@ -640,6 +638,7 @@ def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path,
     assert not list((tiny_tmpfs / "cache" / "images").iterdir())
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_a_log_write_leaves_no_partial_line(class_folders, tmp_path):
     out = tmp_path / "run"
     argv = pretrain_argv(class_folders, out, "--batch-size", "1", "--log-every", "1", "--checkpoint-every", "1000",

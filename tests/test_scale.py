@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import torchrun_command
 
 from pomp.cli import main as cli_main
-from pomp.data.features import (cache_key, cached_image_features, compute_feature_part, extract_image_features,
-                           merge_feature_parts)
+from pomp.data.features import (
+    cache_key,
+    cached_image_features,
+    compute_feature_part,
+    extract_image_features,
+    merge_feature_parts,
+)
 from pomp.data.folder import ImageDataset, LabelledImages, scan_class_folders
 from pomp.data.splits import read_split_file
 from pomp.data.synthetic import make_class_folders
@@ -23,21 +28,10 @@ from pomp.data.transforms import MultiView, train_transform
 from pomp.prompt import Prompt
 from pomp.train import PretrainConfig, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _torchrun(args: list[str], timeout: int = 85) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pomp.cli", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(torchrun_command(args), env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -65,6 +59,7 @@ def test_feature_parts_merge_into_the_readers_cache(backbone, class_folders, tmp
     assert extract_image_features(tmp_path / "split", backbone, dataset, extra) is not None  # reused as is
 
 
+@pytest.mark.slow
 def test_features_under_torchrun_are_reused_by_eval_and_training(backbone, tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "data", num_classes=4, per_class=6)
     split = tmp_path / "split.json"
@@ -101,6 +96,7 @@ def _held_out_accuracy(backbone, prompt_path: Path, test: LabelledImages) -> flo
     return zero_shot_metrics(feats.features.float(), feats.labels, classifier)["acc1"]
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_from_shards(backbone, tmp_path, capsys):
     pytest.importorskip("webdataset")
     data = make_class_folders(tmp_path / "data", num_classes=6, per_class=14)
@@ -176,6 +172,7 @@ def _validate_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_validation_accuracy_is_gathered_over_ranks(tmp_path):
     """Each rank scores its own val images; the accuracy is (sum of correct) / (sum of images) on every rank."""
     import torch.multiprocessing as mp

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
 from PIL import Image
 
 from pomp.cli import main
@@ -35,7 +36,6 @@ from pomp.data.suite_layouts import LAYOUT_BY_KEY, class_list, load_test_set
 from pomp.data.synthetic import make_class_folders
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -70,6 +70,7 @@ def plant_system_files(images: Path) -> dict[str, int]:
             "files_outside_class_folders": 1}
 
 
+@pytest.mark.slow
 def test_macos_zip_leftovers_and_symlink_loops_are_skipped_and_counted(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", num_classes=3, per_class=4)
     expected = plant_system_files(data / "images")
@@ -172,6 +173,7 @@ def test_non_utf8_file_names_are_skipped_and_named(tmp_path, capsys):
     assert config["skipped_files"] == {"undecodable_names": 2} and config["num_train_images"] == 6
 
 
+@pytest.mark.slow
 def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path, capsys):
     """macOS writes a folder's custom icon as a file named `Icon\\r`; archives can carry names holding ESC.
     Messages naming them stay one line each, with the characters escaped, never sent to the terminal."""
@@ -305,6 +307,7 @@ def test_deep_tiffs_pil_misreads_equal_their_exact_8_bit_scaling(tmp_path):
         assert np.array_equal(np.asarray(load_rgb(io.BytesIO(f.read()))), exact)
 
 
+@pytest.mark.slow
 def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_not_skipped(tmp_path):
     """A 108-megapixel phone photo or a large scan is a readable image, not a decompression bomb: JPEGs
     over the limit are decoded by libjpeg at 1/2 (1/4, 1/8), with no PIL bomb warning. (Other formats
@@ -406,6 +409,7 @@ def _tiny_weights(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, capsys, monkeypatch):
     import pomp
     import pomp.data.features
@@ -478,6 +482,7 @@ def test_cache_key_follows_the_files(tmp_path, backbone, monkeypatch):
     assert computed == [1, 1]  # unchanged since: reused
 
 
+@pytest.mark.slow
 def test_two_feature_jobs_on_one_cache_folder_at_once(tmp_path, capsys, monkeypatch):
     """`pomp features` twice at once into one cache folder (two terminals, a team disk): the first pauses
     between writing its part and merging it while the second, a real process, runs to its end. Both

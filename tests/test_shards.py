@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 
 pytest.importorskip("webdataset")
 
+from conftest import TINY_CONFIG
+
 from pomp.cli import main as cli_main  # noqa: E402
 from pomp.data.folder import scan_class_folders  # noqa: E402
 from pomp.data.shards import ShardSet, ShardStream, assign_shards, write_shards  # noqa: E402
@@ -167,13 +169,14 @@ def test_imagenet21k_p_names_resolve():
 
 
 def _shard_config(shards: Path, out: Path, **kw) -> PretrainConfig:
-    base = dict(backbone=str(REPO / "tests/assets/tiny-clip.json"), train_shards=_pattern(shards, 8),
+    base = dict(backbone=TINY_CONFIG, train_shards=_pattern(shards, 8),
                 train_classes=str(shards / "shards.json"), classes_per_step=3, batch_size=4, views=2, epochs=2,
                 num_workers=2, out_dir=str(out), progress=False, checkpoint_every=3, lr=0.05, device="cpu")
     base.update(kw)
     return PretrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_pretrain_from_shards_and_resume_exactly(shard_dir, tmp_path):
     data = make_class_folders(tmp_path / "val", num_classes=4, per_class=3, seed=1)
     write_shards(scan_class_folders(data / "images"), shard_dir, "val", maxcount=4)  # 12 val samples, 3 shards

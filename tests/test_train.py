@@ -3,21 +3,18 @@
 import json
 import math
 import os
-import socket
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CONFIG, torchrun_command
 
 from pomp.loss import local_contrast_loss
 from pomp.prompt import Prompt
-from pomp.train import PretrainConfig, encode_and_backward, lr_at_epoch, pretrain
-
-REPO = Path(__file__).resolve().parents[1]
+from pomp.train import PretrainConfig, encode_and_backward, lr_at_epoch, pretrain, read_checkpoint_state
 
 
 def test_lr_schedule_is_constant_warmup_then_cosine():
@@ -68,20 +65,24 @@ def test_step_matches_direct_loss(backbone):
 
 
 def _config(data: Path, out: Path, **kw) -> PretrainConfig:
-    base = dict(backbone=str(REPO / "tests/assets/tiny-clip.json"), train_root=str(data / "images"),
+    base = dict(backbone=TINY_CONFIG, train_root=str(data / "images"),
                 names=str(data / "names.txt"), shots=4, val_per_class=2, classes_per_step=4, batch_size=4, views=2,
                 epochs=2, num_workers=0, out_dir=str(out), progress=False, checkpoint_every=2, lr=0.05)
     base.update(kw)
     return PretrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(class_folders, tmp_path):
     full = _config(class_folders, tmp_path / "full")
     summary = pretrain(full)
     assert summary["finished"] and summary["global_step"] == 12  # 24 images / 4 per step x 2 epochs
     cut = _config(class_folders, tmp_path / "cut", max_steps=5)
     assert not pretrain(cut)["finished"]
-    assert not (tmp_path / "cut" / "prompt_best.safetensors").exists() or True
+    # 5 steps < one epoch (24 images / 4 per step = 6 steps): no validation yet, so no best prompt; the
+    # checkpoint the resume starts from holds step 5 (max_steps saves its last step)
+    assert not (tmp_path / "cut" / "prompt_best.safetensors").exists()
+    assert read_checkpoint_state(tmp_path / "cut" / "checkpoint.safetensors")["global_step"] == 5
     with pytest.raises(FileExistsError, match="--resume"):
         pretrain(_config(class_folders, tmp_path / "cut"))
     resumed = pretrain(_config(class_folders, tmp_path / "cut", resume=True))
@@ -105,20 +106,15 @@ def test_feature_cache_training_runs(class_folders, tmp_path):
     assert meta["shape"][:2] == [24, 2] and meta["key"]["views"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_torchrun_two_processes(class_folders, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "pomp.cli", "pretrain", "--backbone", str(REPO / "tests/assets/tiny-clip.json"),
-           "--train-root", str(class_folders / "images"), "--names", str(class_folders / "names.txt"),
-           "--shots", "4", "--val-per-class", "2", "--classes-per-step", "4", "--batch-size", "2", "--views", "2",
-           "--epochs", "2", "--num-workers", "0", "--device", "cpu", "--out-dir", str(out), "--no-progress"]
+    cmd = torchrun_command([
+        "pretrain", "--backbone", TINY_CONFIG,
+        "--train-root", str(class_folders / "images"), "--names", str(class_folders / "names.txt"),
+        "--shots", "4", "--val-per-class", "2", "--classes-per-step", "4", "--batch-size", "2", "--views", "2",
+        "--epochs", "2", "--num-workers", "0", "--device", "cpu", "--out-dir", str(out), "--no-progress"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())

@@ -24,6 +24,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CONFIG as TINY
 
 import pomp
 from pomp.backbones.identity import sha256_of
@@ -32,7 +33,6 @@ from pomp.cli import main
 from pomp.prompt import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests/assets/tiny-clip.json")
 TEXTS = ["a photo of a cat.", "a hot air balloon", "X X X X tabby cat."]
 
 
@@ -148,6 +148,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_local_weights_print_no_false_log_lines(openai_release, tiny_quickgelu, tmp_path):
     """open_clip logs "No pretrained weights loaded ... initialized randomly" when pomp loads the file itself."""
     _, state_dict = openai_release
@@ -163,6 +164,7 @@ def test_local_weights_print_no_false_log_lines(openai_release, tiny_quickgelu, 
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
+@pytest.mark.slow
 def test_tag_that_cannot_be_downloaded_is_one_line_of_ours(tmp_path):
     vocab = tmp_path / "v.txt"
     vocab.write_text("cat\n")
