@@ -385,7 +385,7 @@ class PretrainConfig(FeatureCacheOptions, LoaderOptions, AugmentOptions, Trainin
         unknown = sorted({c.strip() for c in self.allow_change.split(",") if c.strip()} - RESUME_WITH_PERMISSION)
         if unknown:
             raise ValueError(f"--allow-change {unknown[0]!r}: only {', '.join(sorted(RESUME_WITH_PERMISSION))} may "
-                             f"be changed on --resume (settings of how a run executes always may; see README)")
+                             f"be changed on --resume (settings of how a run executes always may; see docs/reliability.md)")
 
     def recipe(self) -> dict:
         """The settings of the paper's recipe, as a prompt's metadata records them."""

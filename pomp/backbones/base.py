@@ -91,7 +91,7 @@ class Backbone(nn.Module, ABC):
         logit_scale: the model's own (frozen) temperature, already exponentiated.
         logit_bias: the constant a sigmoid-loss model (SigLIP) adds to every logit; None for
             softmax (CLIP) models. A constant shift cancels in softmax cross-entropy and in every
-            ranking, so it changes no loss, gradient or prediction of pomp's (see README).
+            ranking, so it changes no loss, gradient or prediction of pomp's (see docs/models.md).
         causal: the text tower attends causally.
         identity: what the loader resolved (`architecture`, `activation`, `weights`; see
             `pomp.backbones.identity`), added to `describe()`.
