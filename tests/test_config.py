@@ -314,7 +314,8 @@ def test_a_config_made_in_python_is_verified_as_the_command_line_is():
     (lambda: EvalConfig(backbone="b", baseline=["single"], data="d/split.json"), "--data takes a list of values"),
     (lambda: EvalConfig(backbone="b", baseline="single", data=["d"]), "--baseline takes a list of values"),
     (lambda: EvalConfig(backbone="b", baseline=["single"], data=[]), "--data is required: give at least one value"),
-    (lambda: BenchmarkConfig(backbone="b", baseline=["single"], data_root="r", prompt=[3]), "--prompt must be a string"),
+    (lambda: BenchmarkConfig(backbone="b", baseline=["single"], data_root="r", prompt=[3]),
+     "--prompt must be a string"),
     # floats of the dense commands: a probability, a factor
     (lambda: SegmentConfig(backbone="b", baseline=["single"], data="d", bg_threshold=1.5), "--bg-threshold must be"),
     (lambda: DetectConfig(backbone="b", baseline=["single"], annotations="a", images="i", context=-1.0),
