@@ -778,6 +778,14 @@ def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
                            "--template must hold {}"),
         "embed-missing-classes": (["embed", "--backbone", TINY, "--classes", missing], "not found"),
         "benchmark-no-prompt": (["benchmark", "--backbone", TINY, "--data-root", missing], "give --prompt"),
+        "benchmark-missing-root": (["benchmark", "--backbone", TINY, "--baseline", "single", "--data-root", missing],
+                                   "not found"),
+        "benchmark-nothing-there": (["benchmark", "--backbone", TINY, "--baseline", "single", "--data-root",
+                                     str(data / "images"), "--feature-cache", str(tmp / "new" / "cache")],
+                                    "none of the"),
+        "embed-bad-model": (["embed", "--backbone", "no-such-model-xyz", "--classes", str(vocab)], "no-such-model-xyz"),
+        "features-bad-model": (["features", "--backbone", "no-such-model-xyz", "--data", str(data / "images")],
+                               "no-such-model-xyz"),
         "features-two-sources": (["features", "--backbone", TINY, "--split-file", "x.json", "--train-root",
                                   str(data / "images")], "give one source"),
         "features-missing": (["features", "--backbone", TINY, "--data", missing], "not found"),
@@ -791,7 +799,9 @@ def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
 
 
 REFUSED = ["eval-no-prompt", "eval-missing-data", "eval-same-data-twice", "eval-names-without-folders",
-           "eval-bad-model", "embed-template", "embed-missing-classes", "benchmark-no-prompt", "features-two-sources",
+           "eval-bad-model", "embed-template", "embed-missing-classes", "benchmark-no-prompt", "benchmark-missing-root",
+           "benchmark-nothing-there", "embed-bad-model", "features-bad-model",
+           "features-two-sources",
            "features-missing", "data-split-missing", "data-shard-names", "convert-missing", "segment-missing",
            "detect-missing"]
 
