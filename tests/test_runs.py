@@ -638,6 +638,19 @@ def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path,
     assert not list((tiny_tmpfs / "cache" / "images").iterdir())
 
 
+def test_full_file_system_during_embedding_writes(tmp_path, capsys, tiny_tmpfs):
+    """`pomp embed` on a full disk: one line naming the file that could not be written, nothing published."""
+    filler = _fill(tiny_tmpfs)
+    os.truncate(filler, filler.stat().st_size - 4096)  # one free page: the write probe fits, the embeddings do not
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(f"class {i}\n" for i in range(200)))  # [200, D] float32: more than a page
+    out = tiny_tmpfs / "embeddings"
+    rc = main(["embed", "--backbone", TINY, "--classes", str(vocab), "--out-dir", str(out), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err, "pomp embed: error: ")
+    assert rc == 2 and line.startswith(f"pomp embed: error: {out / 'class_embeddings.npy'}: could not be written ("), line
+    assert not out.exists()  # nothing published, and the folder the refused command made is gone
+
+
 @pytest.mark.slow
 def test_file_size_limit_during_a_log_write_leaves_no_partial_line(class_folders, tmp_path):
     out = tmp_path / "run"
