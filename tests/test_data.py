@@ -110,3 +110,44 @@ def test_train_transform_views_seeded(class_folders):
     assert not torch.equal(x1[0], x1[1])
     ds.set_epoch(1)
     assert not torch.equal(ds[0][0], x1)
+
+
+# --- the README quickstart's first command: python -m pomp.data.synthetic ---------------------------------------
+@pytest.mark.parametrize("argv,says", [
+    (["--classes", "0"], "--classes must be an integer >= 1, got 0"),
+    (["--classes", "25"], "--classes must be at most 24"),
+    (["--per-class", "0"], "--per-class must be an integer >= 1, got 0"),
+    (["--size", "0"], "--size must be an integer >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--classes", "two"], "argument --classes: invalid int value: 'two'"),
+])
+def test_generated_folders_refuse_a_bad_count_in_one_line(tmp_path, capsys, argv, says):
+    from pomp.data.synthetic import main
+
+    out = tmp_path / "data"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(out), *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"python -m pomp.data.synthetic: error: {says}"), err
+    assert err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_generated_folders_help_states_each_default(capsys):
+    from pomp.data.synthetic import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--classes", 12), ("--per-class", 10), ("--size", 40), ("--seed", 0)):
+        assert f"{option} " in shown and f"(default: {default})" in shown.split(option, 2)[-1], (option, shown)
+
+
+def test_generated_folders_as_written(tmp_path):
+    """3 classes x 2 images: folders c000..c002, names from NAMES in order, jpg and png alternating."""
+    from pomp.data.synthetic import NAMES, make_class_folders
+
+    root = make_class_folders(tmp_path, num_classes=3, per_class=2, size=8)
+    assert (root / "names.txt").read_text() == "".join(f"c{c:03d}\t{NAMES[c]}\n" for c in range(3))
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "images").glob("*/*")) == [
+        f"images/c{c:03d}/img_{i:03d}.{ext}" for c in range(3) for i, ext in ((0, "jpg"), (1, "png"))]

@@ -20,9 +20,14 @@ NAMES = [
 
 
 def make_class_folders(root: str | Path, num_classes: int, per_class: int, size: int = 40, seed: int = 0) -> Path:
-    """Write `num_classes` folders `c000, c001...` of `per_class` images and a names file; returns root."""
+    """Write `num_classes` folders `c000, c001...` of `per_class` images (`size` x `size` pixels) and a names
+    file; returns root. `ValueError` for counts no folder can be made of, before anything is written."""
+    for name, value, low in (("num_classes", num_classes, 1), ("per_class", per_class, 1), ("size", size, 1),
+                             ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if num_classes > len(NAMES):
-        raise ValueError(f"at most {len(NAMES)} generated classes")
+        raise ValueError(f"num_classes must be at most {len(NAMES)} (the generated classes' names), got {num_classes}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     images = root / "images"
@@ -39,17 +44,36 @@ def make_class_folders(root: str | Path, num_classes: int, per_class: int, size:
     return root
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out")
-    parser.add_argument("--classes", type=int, default=12)
-    parser.add_argument("--per-class", type=int, default=10)
-    parser.add_argument("--size", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    root = make_class_folders(args.out, args.classes, args.per_class, args.size, args.seed)
-    print(f"wrote {args.classes} classes x {args.per_class} images under {root / 'images'}, names in {root / 'names.txt'}")
+FLAGS = {"num_classes": "--classes", "per_class": "--per-class", "size": "--size", "seed": "--seed"}  # in errors
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, each option's default after its help."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pomp.data.synthetic`; a bad count is one line `...: error: ...` and exit status 2, nothing
+    written."""
+    parser = argparse.ArgumentParser(prog="python -m pomp.data.synthetic", description=__doc__,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("out", help="folder to write (images/ and names.txt go in it)")
+    parser.add_argument("--classes", type=int, default=12, help=f"number of classes (1 to {len(NAMES)})")
+    parser.add_argument("--per-class", type=int, default=10, help="images per class")
+    parser.add_argument("--size", type=int, default=40, help="side of each square image, in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the colours and the noise")
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
+    args = parser.parse_args(argv)
+    try:
+        root = make_class_folders(args.out, args.classes, args.per_class, args.size, args.seed)
+    except OSError as err:  # e.g. OUT is a file
+        parser.error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+    except ValueError as err:
+        name, _, reason = str(err).partition(" ")
+        parser.error(f"{FLAGS.get(name, name)} {reason}")
+    print(f"wrote {args.classes} classes x {args.per_class} images under {root / 'images'}, "
+          f"names in {root / 'names.txt'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
