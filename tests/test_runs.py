@@ -639,7 +639,7 @@ def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path,
 
 
 def test_full_file_system_during_embedding_writes(tmp_path, capsys, tiny_tmpfs):
-    """`pomp embed` on a full disk: one line naming the file that could not be written, nothing published."""
+    """`pomp embed` on a full disk: one line naming the file and why it could not be written, nothing published."""
     filler = _fill(tiny_tmpfs)
     os.truncate(filler, filler.stat().st_size - 4096)  # one free page: the write probe fits, the embeddings do not
     vocab = tmp_path / "vocab.txt"
@@ -647,8 +647,26 @@ def test_full_file_system_during_embedding_writes(tmp_path, capsys, tiny_tmpfs):
     out = tiny_tmpfs / "embeddings"
     rc = main(["embed", "--backbone", TINY, "--classes", str(vocab), "--out-dir", str(out), "--device", "cpu"])
     line = one_line(capsys.readouterr().err, "pomp embed: error: ")
-    assert rc == 2 and line.startswith(f"pomp embed: error: {out / 'class_embeddings.npy'}: could not be written ("), line
+    assert rc == 2 and line.startswith(f"pomp embed: error: {out / 'class_embeddings.npy'}: could not be written (No "
+                                       f"space left on device)"), line  # the errno's words, not numpy's byte counts
     assert not out.exists()  # nothing published, and the folder the refused command made is gone
+
+
+def test_npy_written_through_python_is_numpys_own_file(tmp_path):
+    """`pomp.io.write_npy` (Python's writes, so a full disk says why) gives the bytes `numpy.save` gives."""
+    import io
+
+    import numpy as np
+
+    from pomp.io import write_npy
+
+    for array in (np.arange(12, dtype=np.float16).reshape(3, 4), np.arange(5), np.zeros((0, 7), np.float32)):
+        with open(tmp_path / "a.npy", "wb") as f:
+            write_npy(f, array)
+        reference = io.BytesIO()
+        np.save(reference, array)
+        assert (tmp_path / "a.npy").read_bytes() == reference.getvalue()
+        assert np.array_equal(np.load(tmp_path / "a.npy"), array)
 
 
 @pytest.mark.slow
