@@ -112,6 +112,7 @@ class _PythonWrites:
 
     def __init__(self, f: BinaryIO):
         self.write = f.write
+        self.name = getattr(f, "name", None)  # the file's, as `numpy.save` would see it
 
 
 def write_npy(f: BinaryIO, array) -> None:
