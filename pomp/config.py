@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -130,6 +131,17 @@ class Options:
     (e.g. "give --prompt and/or --baseline"); `verify` runs them all. A command lists its groups last-shown
     first: a dataclass orders the fields of its bases from the last base to the first."""
 
+    def __post_init__(self) -> None:
+        """A path given as a `pathlib.Path` (natural in Python) is kept as the text the command line gives, so that
+        every file a run writes can record it."""
+        for f in fields(self):
+            if is_option(f) and f.metadata["type"] is str:
+                value = getattr(self, f.name)
+                if isinstance(value, os.PathLike):
+                    setattr(self, f.name, os.fspath(value))
+                elif isinstance(value, (list, tuple)) and any(isinstance(v, os.PathLike) for v in value):
+                    setattr(self, f.name, [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value])
+
     def verify(self) -> None:
         """Refuse values no run can use, before anything is loaded or written: a `ValueError` naming the option.
 
@@ -146,14 +158,28 @@ def _check_field(config: Options, f: dataclasses.Field) -> None:
     meta, value = f.metadata, getattr(config, f.name)
     if value is None and default_of(f) is None:  # an optional option not given
         return
-    if meta["choices"]:
-        for item in (value if meta["repeatable"] else [value]):
-            if item not in meta["choices"]:
-                raise ValueError(f"{flag(f.name)} must be {_words(meta['choices'])}, got {item!r}")
+    if meta["repeatable"]:  # the command line gives a list; a config made in Python must too
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{flag(f.name)} takes a list of values (the option repeated), got {value!r}")
+        if not value and default_of(f) is MISSING:
+            raise ValueError(f"{flag(f.name)} is required: give at least one value")
+    for item in (value if meta["repeatable"] else [value]):
+        _check_kind(f.name, item, meta)
+        if meta["choices"] and item not in meta["choices"]:
+            raise ValueError(f"{flag(f.name)} must be {_words(meta['choices'])}, got {item!r}")
     ignored = meta["ignored_with"] and getattr(config, meta["ignored_with"], None)
-    bounded = any(meta[k] is not None for k in ("minimum", "above", "below", "maximum"))
-    if not ignored and (meta["type"] is float or (meta["type"] is int and bounded)):
-        check_number(f.name, value, meta)
+    if not ignored and meta["type"] in (int, float):
+        for item in (value if meta["repeatable"] else [value]):
+            check_number(f.name, item, meta)
+
+
+def _check_kind(name: str, value: Any, meta: dict) -> None:
+    """Refuse a value of another kind than the command line gives (a config made in Python): `--augment 'no'`
+    would otherwise read as true, `--backbone None` fail deep in a run."""
+    if meta["type"] is bool and not isinstance(value, bool):
+        raise ValueError(f"{flag(name)} must be True or False, got {value!r}")
+    if meta["type"] is str and not isinstance(value, str):
+        raise ValueError(f"{flag(name)} must be a string, got {value!r}")
 
 
 def _seed(help: str) -> Any:
@@ -538,9 +564,9 @@ class SegmentConfig(DenseRunConfig):
     data: str = option(help="VOC-layout root")
     split: str = option("val", help="ImageSets/Segmentation/SPLIT.txt")
     classes: str | None = option(None, help="class list (default DATA/classes.txt)")
-    bg_threshold: float | None = option(None, type=float, help="with a 'background' class: it does not compete; "
-                                                               "pixels whose best class probability is below this "
-                                                               "become background")
+    bg_threshold: float | None = option(None, type=float, minimum=0.0, maximum=1.0,
+                                        help="with a 'background' class: it does not compete; pixels whose best "
+                                             "class probability is below this become background")
     overlays: int = option(8, type=int, minimum=0, help="comparison panels written per prompt (0: none)")
     save_predictions: bool = option(False, type=bool, help="write every predicted label map (palette PNG)")
     out_dir: str = same_as(OutputOptions, "out_dir", default="runs/segment")
@@ -552,7 +578,7 @@ class DetectConfig(DenseRunConfig):
     images: str = option(help="folder the images' file_name values are relative to")
     boxes: str | None = option(None, help="COCO results file of boxes to classify (default: ground truth)")
     method: str = option("roi", choices=REGION_METHODS, help="region features")
-    context: float = option(1.0, type=float, help="crop: enlarge each box by this factor")
+    context: float = option(1.0, type=float, above=0.0, help="crop: enlarge each box by this factor")
     top_k: int = option(5, type=int, minimum=1, help="classes kept per box")
     out_dir: str = same_as(OutputOptions, "out_dir", default="runs/detect")
 

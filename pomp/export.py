@@ -15,13 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from pomp.backbones.base import Backbone
 from pomp.data.names import SINGLE_TEMPLATE
 from pomp.evaluate import prompt_classifier, template_classifier
-from pomp.io import atomic_write, atomic_write_json, atomic_write_text
+from pomp.io import atomic_write, atomic_write_json, atomic_write_npy, atomic_write_text
 from pomp.interop import convert_prompt, load_official, load_zsseg, save_official, save_zsseg  # noqa: F401
 from pomp.prompt import Prompt
 
@@ -47,7 +46,7 @@ def write_class_embeddings(
     else:
         features = template_classifier(backbone, classnames, [template or SINGLE_TEMPLATE], source=source)
     features = features.float().cpu().contiguous()
-    npy = atomic_write(out_dir / "class_embeddings.npy", lambda p: np.save(open(p, "wb"), features.numpy()))
+    npy = atomic_write_npy(out_dir / "class_embeddings.npy", features.numpy())
     pt = atomic_write(out_dir / "zeroshot_classifier.pt", lambda p: torch.save(features.t().contiguous(), p))
     names = atomic_write_text(out_dir / "classnames.txt", "".join(f"{c}\n" for c in classnames))
     meta = atomic_write_json(out_dir / "embed_config.json", {

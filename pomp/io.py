@@ -16,7 +16,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 
 class WriteError(OSError):
@@ -106,13 +106,29 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+class _PythonWrites:
+    """An open file seen by numpy as a plain stream: numpy then writes through Python's `write` (a full disk is
+    an `OSError` with its errno), not through C stdio's `fwrite` (only "N requested and M written")."""
+
+    def __init__(self, f: BinaryIO):
+        self.write = f.write
+        self.name = getattr(f, "name", None)  # the file's, as `numpy.save` would see it
+
+
+def write_npy(f: BinaryIO, array) -> None:
+    """`array` in numpy's `.npy` format into the open binary file `f` (`numpy.save`), a failed write an
+    `OSError` that says why (`No space left on device`)."""
+    import numpy as np
+
+    np.save(_PythonWrites(f), array)
+
+
 def atomic_write_npy(path: str | Path, array) -> Path:
     """A `.npy` file (numpy's format), closed before it is synced, so a failed flush is an error, not lost."""
-    import numpy as np
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
-            np.save(f, array)
+            write_npy(f, array)
 
     return atomic_write(path, write)
 

@@ -106,4 +106,5 @@ def cli_quickstart(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli-quickstart")
     done = run_shell(fenced_block((REPO / "README.md").read_text(encoding="utf-8"), "CLI quickstart", "bash"), folder)
     assert done.returncode == 0, done.stderr[-3000:]
+    (folder / "quickstart.stderr").write_text(done.stderr)
     return folder

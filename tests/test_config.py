@@ -7,6 +7,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -223,7 +224,9 @@ def _bad_values(f: dataclasses.Field) -> list[tuple[str, str]]:
     if meta["type"] is float:
         return [("nan", "must be a finite number"), ("inf", "must be a finite number")] + (
             [("0", "must be a finite number > 0")] if meta["above"] == 0 else []) + (
-            [("1", "and < 1")] if meta["below"] == 1 else [])
+            [("1", "and < 1")] if meta["below"] == 1 else []) + (
+            [(str(meta["minimum"] - 1), f">= {meta['minimum']:g}")] if meta["minimum"] is not None else []) + (
+            [(str(meta["maximum"] + 1), f"<= {meta['maximum']:g}")] if meta["maximum"] is not None else [])
     return []
 
 
@@ -297,6 +300,40 @@ def test_a_config_made_in_python_is_verified_as_the_command_line_is():
     PretrainConfig(train_root="d", n_ctx=0, ctx_init="a photo of a").verify()  # n_ctx follows the words
     PretrainConfig(train_root="d").verify()
     assert issubclass(PretrainConfig, Options)
+
+
+@pytest.mark.parametrize("make,says", [
+    # a bool that is not one: 'no' would read as true
+    (lambda: PretrainConfig(train_root="d", augment="no"), "--augment must be True or False, got 'no'"),
+    (lambda: EvalConfig(backbone="b", baseline=["single"], data=["d"], progress=0), "--progress must be True or False"),
+    # a required text option left None, or given a number
+    (lambda: PretrainConfig(train_root="d", backbone=None), "--backbone must be a string, got None"),
+    (lambda: EmbedConfig(backbone="b", classes=3, out_dir="o"), "--classes must be a string, got 3"),
+    (lambda: InfoConfig(prompt=None), "--prompt must be a string, got None"),
+    # a repeatable option given one string: its characters would be taken as values
+    (lambda: EvalConfig(backbone="b", baseline=["single"], data="d/split.json"), "--data takes a list of values"),
+    (lambda: EvalConfig(backbone="b", baseline="single", data=["d"]), "--baseline takes a list of values"),
+    (lambda: EvalConfig(backbone="b", baseline=["single"], data=[]), "--data is required: give at least one value"),
+    (lambda: BenchmarkConfig(backbone="b", baseline=["single"], data_root="r", prompt=[3]),
+     "--prompt must be a string"),
+    # floats of the dense commands: a probability, a factor
+    (lambda: SegmentConfig(backbone="b", baseline=["single"], data="d", bg_threshold=1.5), "--bg-threshold must be"),
+    (lambda: DetectConfig(backbone="b", baseline=["single"], annotations="a", images="i", context=-1.0),
+     "--context must be a finite number > 0, got -1.0"),
+])
+def test_a_config_made_in_python_is_refused_for_a_value_the_command_line_cannot_give(make, says):
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        make().verify()
+
+
+def test_a_path_object_is_kept_as_the_text_the_command_line_gives(tmp_path):
+    cfg = PretrainConfig(train_root=tmp_path / "images", out_dir=tmp_path / "run", names=tmp_path / "names.txt")
+    cfg.verify()
+    assert (cfg.train_root, cfg.out_dir, cfg.names) == (str(tmp_path / "images"), str(tmp_path / "run"),
+                                                        str(tmp_path / "names.txt"))
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["out_dir"] == str(tmp_path / "run")  # config.json
+    evaluated = EvalConfig(backbone="b", baseline=["single"], data=[tmp_path / "a", "b"])
+    assert evaluated.data == [str(tmp_path / "a"), "b"]
 
 
 # --- one prompt-or-baseline run builder -------------------------------------------------------------------------

@@ -110,3 +110,56 @@ def test_train_transform_views_seeded(class_folders):
     assert not torch.equal(x1[0], x1[1])
     ds.set_epoch(1)
     assert not torch.equal(ds[0][0], x1)
+
+
+# --- the sample-data generators' command lines (the README's CLI quickstart starts with one) ----------------------
+GENERATOR_CASES = [
+    ("pomp.data.synthetic", ["--classes", "0"], "--classes must be an integer >= 1, got 0"),
+    ("pomp.data.synthetic", ["--classes", "25"], "--classes must be at most 24"),
+    ("pomp.data.synthetic", ["--per-class", "0"], "--per-class must be an integer >= 1, got 0"),
+    ("pomp.data.synthetic", ["--size", "0"], "--size must be an integer >= 1, got 0"),
+    ("pomp.data.synthetic", ["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    ("pomp.data.synthetic", ["--classes", "two"], "argument --classes: invalid int value: 'two'"),
+    ("pomp.dense.scenes", ["--num-images", "0"], "--num-images must be an integer >= 1, got 0"),
+    ("pomp.dense.scenes", ["--size", "15"], "--size must be an integer >= 16, got 15"),
+    ("pomp.dense.scenes", ["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    ("pomp.dense.scenes", ["--max-objects", "0"], "--max-objects must be an integer >= 1, got 0"),
+    ("pomp.dense.scenes", ["--source", "cars"], "argument --source: invalid choice: 'cars'"),
+]
+
+
+@pytest.mark.parametrize("module,argv,says", GENERATOR_CASES)
+def test_generators_refuse_a_bad_count_in_one_line(tmp_path, capsys, module, argv, says):
+    import importlib
+
+    out = tmp_path / "data"
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main([str(out), *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"python -m {module}: error: {says}"), err
+    assert err.count("\n") == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("module,defaults", [
+    ("pomp.data.synthetic", {"--classes": 12, "--per-class": 10, "--size": 40, "--seed": 0}),
+    ("pomp.dense.scenes", {"--num-images": 24, "--size": 320, "--seed": 0, "--source": "photos", "--max-objects": 3}),
+])
+def test_generators_help_states_each_default(capsys, module, defaults):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for option, default in defaults.items():
+        assert f"{option} " in shown and f"(default: {default})" in shown.split(option, 2)[-1], (option, shown)
+
+
+def test_generated_folders_as_written(tmp_path):
+    """3 classes x 2 images: folders c000..c002, names from NAMES in order, jpg and png alternating."""
+    from pomp.data.synthetic import NAMES, make_class_folders
+
+    root = make_class_folders(tmp_path, num_classes=3, per_class=2, size=8)
+    assert (root / "names.txt").read_text() == "".join(f"c{c:03d}\t{NAMES[c]}\n" for c in range(3))
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "images").glob("*/*")) == [
+        f"images/c{c:03d}/img_{i:03d}.{ext}" for c in range(3) for i, ext in ((0, "jpg"), (1, "png"))]

@@ -196,6 +196,20 @@ def test_pretrained_argument_is_refused():
         pomp.load_backbone("default", pretrained="something.pt")
 
 
+def test_loading_prints_nothing(backbone, cache):
+    """A newcomer's first load is silent: no transformers "Loading weights" bar or load report on stderr (what a
+    fresh interpreter shows; the map is already fitted into `cache` by the `backbone` fixture)."""
+    import subprocess
+    import sys
+
+    from conftest import RUN_ENV
+
+    code = "import pomp; pomp.load_backbone('minilm-efficientnet-lite0', device='cpu')"
+    done = subprocess.run([sys.executable, "-c", code], env={**RUN_ENV, "POMP_CACHE": str(cache)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+
+
 # --- (c) real photos through the EfficientNet head ---------------------------------------------
 def _preprocess(array: np.ndarray, spec) -> torch.Tensor:
     from PIL import Image

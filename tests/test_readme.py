@@ -5,6 +5,7 @@ environment's (what `source .venv/bin/activate` gives)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def test_python_quickstart_runs_as_written(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=RUN_ENV, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == "", done.stderr[-3000:]  # progress=False: nothing else for a newcomer to stumble on
     lines = done.stdout.splitlines()
     assert lines[0] == "trained 6 steps", done.stdout  # 8 classes x 6 shots / 16 per step = 3 steps x 2 epochs
     assert [line.split(" {'")[0] for line in lines[1:]] == ["learned prompt", '"a photo of a {}."'], done.stdout
@@ -35,6 +37,9 @@ def test_python_quickstart_runs_as_written(tmp_path):
 
 def test_cli_quickstart_runs_as_written(cli_quickstart):
     out = cli_quickstart / "runs/quickstart"
+    # stderr holds pomp's own progress bars (--progress is on by default) and nothing from a library
+    shown = [s for s in re.split(r"[\r\n]", (cli_quickstart / "quickstart.stderr").read_text()) if s.strip()]
+    assert shown and all(s.split(":")[0] in ("pretrain", "val features", "split features") for s in shown), shown
     assert json.loads((out / "pretrain/summary.json").read_text())["global_step"] == 6
     results = sorted(p.name for p in (out / "eval").glob("*.json"))
     assert results == ["split__baseline_single.json", "split__prompt_prompt.safetensors.json"], results

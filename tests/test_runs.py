@@ -638,6 +638,37 @@ def test_full_file_system_during_shard_and_cache_writes(class_folders, tmp_path,
     assert not list((tiny_tmpfs / "cache" / "images").iterdir())
 
 
+def test_full_file_system_during_embedding_writes(tmp_path, capsys, tiny_tmpfs):
+    """`pomp embed` on a full disk: one line naming the file and why it could not be written, nothing published."""
+    filler = _fill(tiny_tmpfs)
+    os.truncate(filler, filler.stat().st_size - 4096)  # one free page: the write probe fits, the embeddings do not
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(f"class {i}\n" for i in range(200)))  # [200, D] float32: more than a page
+    out = tiny_tmpfs / "embeddings"
+    rc = main(["embed", "--backbone", TINY, "--classes", str(vocab), "--out-dir", str(out), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err, "pomp embed: error: ")
+    assert rc == 2 and line.startswith(f"pomp embed: error: {out / 'class_embeddings.npy'}: could not be written (No "
+                                       f"space left on device)"), line  # the errno's words, not numpy's byte counts
+    assert not out.exists()  # nothing published, and the folder the refused command made is gone
+
+
+def test_npy_written_through_python_is_numpys_own_file(tmp_path):
+    """`pomp.io.write_npy` (Python's writes, so a full disk says why) gives the bytes `numpy.save` gives."""
+    import io
+
+    import numpy as np
+
+    from pomp.io import write_npy
+
+    for array in (np.arange(12, dtype=np.float16).reshape(3, 4), np.arange(5), np.zeros((0, 7), np.float32)):
+        with open(tmp_path / "a.npy", "wb") as f:
+            write_npy(f, array)
+        reference = io.BytesIO()
+        np.save(reference, array)
+        assert (tmp_path / "a.npy").read_bytes() == reference.getvalue()
+        assert np.array_equal(np.load(tmp_path / "a.npy"), array)
+
+
 @pytest.mark.slow
 def test_file_size_limit_during_a_log_write_leaves_no_partial_line(class_folders, tmp_path):
     out = tmp_path / "run"
@@ -778,6 +809,14 @@ def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
                            "--template must hold {}"),
         "embed-missing-classes": (["embed", "--backbone", TINY, "--classes", missing], "not found"),
         "benchmark-no-prompt": (["benchmark", "--backbone", TINY, "--data-root", missing], "give --prompt"),
+        "benchmark-missing-root": (["benchmark", "--backbone", TINY, "--baseline", "single", "--data-root", missing],
+                                   "not found"),
+        "benchmark-nothing-there": (["benchmark", "--backbone", TINY, "--baseline", "single", "--data-root",
+                                     str(data / "images"), "--feature-cache", str(tmp / "new" / "cache")],
+                                    "none of the"),
+        "embed-bad-model": (["embed", "--backbone", "no-such-model-xyz", "--classes", str(vocab)], "no-such-model-xyz"),
+        "features-bad-model": (["features", "--backbone", "no-such-model-xyz", "--data", str(data / "images")],
+                               "no-such-model-xyz"),
         "features-two-sources": (["features", "--backbone", TINY, "--split-file", "x.json", "--train-root",
                                   str(data / "images")], "give one source"),
         "features-missing": (["features", "--backbone", TINY, "--data", missing], "not found"),
@@ -791,7 +830,9 @@ def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
 
 
 REFUSED = ["eval-no-prompt", "eval-missing-data", "eval-same-data-twice", "eval-names-without-folders",
-           "eval-bad-model", "embed-template", "embed-missing-classes", "benchmark-no-prompt", "features-two-sources",
+           "eval-bad-model", "embed-template", "embed-missing-classes", "benchmark-no-prompt", "benchmark-missing-root",
+           "benchmark-nothing-there", "embed-bad-model", "features-bad-model",
+           "features-two-sources",
            "features-missing", "data-split-missing", "data-shard-names", "convert-missing", "segment-missing",
            "detect-missing"]
 

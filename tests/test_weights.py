@@ -374,3 +374,16 @@ def test_texts_equal_open_clip_after_normalisation(openai_release):
         ours = F.normalize(backbone.encode_texts(TEXTS).float(), dim=-1)
         theirs = backbone.model.encode_text(tokens, normalize=True).float()
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)  # float32 rounding of two kernel paths; GELU vs QuickGELU differ by > 1e-3
+
+
+def test_a_release_name_without_weights_says_the_model_is_random():
+    """`--backbone ViT-B-32` without `--pretrained` builds open_clip's architecture with random weights: said once,
+    with a tag open_clip knows for it; a model-config JSON of one's own (tests, the zoo) stays quiet."""
+    tag = open_clip.list_pretrained_tags_by_model("ViT-B-32")[0]
+    with pytest.warns(UserWarning, match=rf"^ViT-B-32: no pretrained weights given, so the model is randomly "
+                                         rf"initialised \(seeded\), not trained; pass --pretrained {tag} "):
+        backbone = pomp.load_backbone("ViT-B-32", device="cpu")
+    assert backbone.identity["weights"] == {"random_init_seed": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pomp.load_backbone(TINY)

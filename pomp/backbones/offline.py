@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from pomp.backbones.base import Backbone, weight_dtype
+from pomp.backbones.hf_clip import quiet_transformers
 from pomp.data.names import SINGLE_TEMPLATE
 from pomp.data.transforms import ImageSpec
 from pomp.io import atomic_write, atomic_write_json
@@ -131,8 +132,9 @@ def load_minilm() -> tuple[torch.nn.Module, object]:
     except ImportError as err:
         raise _missing("transformers", err) from None
     path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    with quiet_transformers():  # transformers' "Loading weights" bar is no news to a pomp user
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer
 
 

@@ -788,8 +788,12 @@ def _plan_weights(name_or_config: str, model_name: str, pretrained: str | None) 
     """Resolve the activation weights need (see `load_open_clip`) and the weights' identity."""
     config = open_clip.get_model_config(model_name) or {}
     quick_gelu = bool(config.get("quick_gelu", False))
-    if pretrained is None:
-        return _WeightsPlan(quick_gelu, {"random_init_seed": 0})
+    if pretrained is None:  # a model-config JSON of one's own is random on purpose (tests); a release's name is not
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        notice = None if Path(name_or_config).suffix == ".json" else (
+            f"{name_or_config}: no pretrained weights given, so the model is randomly initialised (seeded), not "
+            f"trained; pass --pretrained {tags[0] if tags else 'TAG'} (downloads) or a local weights file")
+        return _WeightsPlan(quick_gelu, {"random_init_seed": 0}, notice=notice)
     if not Path(pretrained).is_file():
         if any(sep in pretrained for sep in "/\\") or Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
             raise FileNotFoundError(f"{pretrained}: checkpoint file not found")

@@ -112,12 +112,14 @@ def _score_dataset(cfg: EvalConfig, spec: str, images, backbone, runs, classifie
 def cmd_benchmark(cfg: BenchmarkConfig) -> int:
     from pomp.backbones import load_backbone
     from pomp.classifier_runs import load_classifier_runs, place_on
-    from pomp.io import atomic_write_json, check_writable_dir
+    from pomp.io import atomic_write_json, check_writable_dir, remove_empty_dirs
     from pomp.suites import run_benchmark, suite_datasets
 
     datasets = suite_datasets(cfg.suite or ["all"], cfg.datasets.split(",") if cfg.datasets else None)
     if not datasets:
         raise ValueError("no dataset selected: --datasets names none of the chosen suites' datasets")
+    if not Path(cfg.data_root).is_dir():
+        raise FileNotFoundError(f"{cfg.data_root}: data root not found (the folder holding the suites' datasets)")
     runs = load_classifier_runs(cfg.prompt_paths(), cfg.baseline)  # a refused prompt leaves no output folder behind
     out_dir = check_writable_dir(cfg.out_dir)
     cache = Path(cfg.feature_cache) if cfg.feature_cache else Path(cfg.out_dir).resolve().parent / "feature_cache"
@@ -128,7 +130,10 @@ def cmd_benchmark(cfg: BenchmarkConfig) -> int:
                                     backbone_info=backbone.describe()))
     run = run_benchmark(cfg.data_root, datasets, backbone, runs, out_dir, cache, batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, precision=cfg.precision, progress=cfg.progress)
-    if not run.records:
+    if not run.records:  # refused: the run's record files go, so that no output folder is left behind
+        for name in ("benchmark_config.json", "benchmark_summary.json"):
+            (out_dir / CONFIG_DIR / name).unlink(missing_ok=True)
+        remove_empty_dirs([out_dir / CONFIG_DIR])
         raise FileNotFoundError(f"{cfg.data_root}: none of the {len(datasets)} selected datasets could be scored")
     print()
     print(run.tables[0].read_text())

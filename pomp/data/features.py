@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pomp.backbones.base import AUTOCAST_DTYPES, Backbone
 from pomp.data.folder import ImageDataset, collate_skipping, ignore_interrupts_in_worker
-from pomp.io import atomic_write, check_writable_dir, process_tag, publish_dir, read_json
+from pomp.io import atomic_write, check_writable_dir, process_tag, publish_dir, read_json, write_npy
 
 
 @dataclass
@@ -181,9 +181,9 @@ def save_feature_cache(cache_dir: str | Path, feats: ImageFeatures, key: dict) -
 
     def fill(tmp: Path) -> None:
         with open(tmp / "features.npy", "wb") as f:
-            np.save(f, feats.features.half().numpy())
+            write_npy(f, feats.features.half().numpy())
         with open(tmp / "labels.npy", "wb") as f:
-            np.save(f, feats.labels.numpy())
+            write_npy(f, feats.labels.numpy())
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="ascii")
 
     return publish_dir(_entry(cache_dir, key), fill)

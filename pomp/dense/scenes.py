@@ -22,7 +22,6 @@ Sources:
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from pomp.data.synthetic import check_at_least, errors_as_one_line, generator_parser
 from pomp.dense.segment import save_label_png
 from pomp.io import atomic_write, atomic_write_json, atomic_write_text
 
 IGNORE = 255
+MIN_SIZE = 16  # pixels: the side of a scene that still holds an object (objects are 0.3-0.55 of it)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ def make_scenes(
     scale: tuple[float, float] = (0.3, 0.55),
 ) -> Path:
     """Write `num_images` scenes and their annotations under `out` (layout in the module docstring)."""
+    check_at_least(num_images=(num_images, 1), size=(size, MIN_SIZE), seed=(seed, 0), max_objects=(max_objects, 1))
     if source not in SOURCES:
         raise ValueError(f"unknown scene source {source!r}; choose from {sorted(SOURCES)}")
     stuff, things, aspects = SOURCES[source]()
@@ -241,20 +243,24 @@ def make_scenes(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pomp.dense.scenes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out")
-    parser.add_argument("--num-images", type=int, default=24)
-    parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--source", choices=sorted(SOURCES), default="photos")
-    parser.add_argument("--max-objects", type=int, default=3)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pomp.dense.scenes`; a bad count is one line and exit status 2, nothing written."""
+    parser = generator_parser("python -m pomp.dense.scenes", __doc__)
+    parser.add_argument("out", help="folder to write (the VOC and COCO layout above)")
+    parser.add_argument("--num-images", type=int, default=24, help="number of scenes")
+    parser.add_argument("--size", type=int, default=320, help=f"side of each square scene, in pixels (at least "
+                                                              f"{MIN_SIZE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the layout")
+    parser.add_argument("--source", choices=sorted(SOURCES), default="photos", help="what the objects are")
+    parser.add_argument("--max-objects", type=int, default=3, help="most objects in a scene")
     args = parser.parse_args(argv)
-    root = make_scenes(args.out, args.num_images, args.size, args.seed, args.source, args.max_objects)
+    with errors_as_one_line(parser, {f.replace("-", "_"): "--" + f for f in ("num-images", "size", "seed",
+                                                                            "max-objects")}):
+        root = make_scenes(args.out, args.num_images, args.size, args.seed, args.source, args.max_objects)
     gt = json.loads((root / "annotations.json").read_text())
     print(f"{root}: {args.num_images} scenes, {len(gt['annotations'])} objects; classes in {root / 'classes.txt'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
