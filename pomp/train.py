@@ -591,13 +591,33 @@ LEFTOVERS = ("log.jsonl", "config.json", "split.json", "split_params.json", "pro
 FINISHED = ("prompt.safetensors", "summary.json")
 
 
-def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lock: RunLock) -> dict | None:
+@dataclass
+class _SetUpFiles:
+    """The run files (`LEFTOVERS`) a refused set-up must not leave behind: a bad backbone, a class name that
+    does not fit, unreadable data... found after the split was written. Those already in the out-dir when the
+    run locked it (a run being resumed, an earlier run's) stay; a run stopped by a signal keeps what it wrote
+    (an earlier run that stopped before its first checkpoint: the next run replaces or reuses it)."""
+
+    out_dir: Path
+    present: set[str] | None = None  # None until the out-dir is locked by this run: nothing of ours to remove
+
+    def record(self) -> None:
+        self.present = {name for name in LEFTOVERS if (self.out_dir / name).exists()}
+
+    def remove_new(self) -> None:
+        for name in set(LEFTOVERS) - (self.present if self.present is not None else set(LEFTOVERS)):
+            (self.out_dir / name).unlink(missing_ok=True)
+
+
+def _claim_out_dir(cfg: PretrainConfig, out_dir: Path, checkpoint_path: Path, lock: RunLock,
+                   set_up_files: _SetUpFiles) -> dict | None:
     """Rank 0: lock the out-dir for this run, then return the state of the checkpoint it resumes
     (its settings checked against this run's), or None for a new run (leftovers removed)."""
     check_writable_dir(out_dir)
     if cfg.feature_cache:
         check_cache_dir(cfg.feature_cache)
     lock.acquire(command="pomp pretrain")
+    set_up_files.record()  # only now: before the lock, another run may still be writing these files
     remove_stale_temp_files(out_dir)  # temporaries of a killed run: never outputs
     if checkpoint_path.exists():
         if not cfg.resume:
@@ -654,11 +674,17 @@ def pretrain(cfg: PretrainConfig, backbone: Backbone | None = None) -> dict:
     cfg.verify()  # one line naming the option, before anything is loaded or written
     dist_info, device = init_distributed(cfg.device)
     lock = RunLock(cfg.out_dir)
+    set_up_files = _SetUpFiles(Path(cfg.out_dir))
     with StopOnSignal() as stop:
         try:
-            run = _set_up(cfg, backbone, dist_info, device, lock, stop)
-            _prepare_features(run)
-            state = _start_or_resume(run)
+            try:
+                run = _set_up(cfg, backbone, dist_info, device, lock, stop, set_up_files)
+                _prepare_features(run)
+                state = _start_or_resume(run)
+            except Exception:  # refused before training started: this run leaves no file behind
+                if dist_info.main:
+                    set_up_files.remove_new()
+                raise
             loop = _Loop.start(run, state)
             while state.global_step < loop.stop_at and not loop.stopped_early:
                 _train_epoch(run, state, loop, *divmod(state.global_step, run.features.plan.steps_per_epoch))
@@ -769,12 +795,13 @@ class _Loop:
 
 
 def _set_up(cfg: PretrainConfig, backbone: Backbone | None, dist_info: Dist, device: torch.device, lock: RunLock,
-            stop: StopOnSignal) -> _Run:
+            stop: StopOnSignal, set_up_files: _SetUpFiles) -> _Run:
     """Phase 1: claim the out-dir (or the checkpoint to resume), load the data and the backbone, make the
     prompt, its class tokens and the optimizer."""
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / "checkpoint.safetensors"
-    saved = dist_info.on_main(lambda: _claim_out_dir(cfg, out_dir, checkpoint_path, lock), share=True)
+    saved = dist_info.on_main(lambda: _claim_out_dir(cfg, out_dir, checkpoint_path, lock, set_up_files),
+                              share=True)
     stop.checkpoint_path = checkpoint_path
     stop.last_checkpoint = saved["global_step"] if saved is not None else None  # what a signal during set-up leaves
     # rank 0 makes (or re-reads) the split; the others then read the file it wrote: made once, never per rank

@@ -283,17 +283,48 @@ def test_resume_with_nothing_to_resume_starts_a_new_run_and_says_so(class_folder
 
 
 # --- the k-shot split belongs to its run -------------------------------------------------------
-def _fail_after_the_split(argv: list[str], capsys) -> None:
-    """A run that writes its split, then fails before any checkpoint (a backbone that cannot load)."""
-    i = argv.index("--backbone")
-    rc = main([*argv[:i + 1], "no-such-model-xyz", *argv[i + 2:]])
-    assert rc == 2, capsys.readouterr().err
+def _stop_after_the_split(argv: list[str], capsys, monkeypatch) -> None:
+    """A run stopped before any checkpoint, after writing its split: SIGTERM (SLURM's preemption) arrives while
+    its backbone loads. (A run refused there leaves nothing: `test_a_refused_pretrain_leaves_no_file`.)"""
+    import pomp.train
+
+    load = pomp.train.load_backbone
+
+    def preempted_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pomp.train, "load_backbone", preempted_while_loading)
+        rc = main(argv)
+    assert rc == 143, capsys.readouterr().err
     capsys.readouterr()
 
 
-def test_a_stale_split_is_rebuilt_for_a_new_run(class_folders, tmp_path, capsys):
+def test_a_refused_pretrain_leaves_no_file(class_folders, tmp_path, capsys):
+    """Refused after its split was written (the backbone cannot load): a new run's files go, a resumed run's stay
+    byte for byte."""
     out = tmp_path / "run"
-    _fail_after_the_split(pretrain_argv(class_folders, out, "--shots", "2"), capsys)
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    bad = [*_pretrain_args(class_folders)[:-1], "no-such-model-xyz", "--out-dir", str(out)]
+    assert main(bad) == 2
+    assert "no-such-model-xyz" in one_line(capsys.readouterr().err, "pomp pretrain: error: ")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(pretrain_argv(class_folders, out, "--max-steps", "1")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"split.json", "split_params.json", "checkpoint.safetensors", "config.json"} <= set(before)
+    assert main([*bad, "--resume"]) == 2
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_stale_split_is_rebuilt_for_a_new_run(class_folders, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _stop_after_the_split(pretrain_argv(class_folders, out, "--shots", "2"), capsys, monkeypatch)
     assert (out / "split.json").is_file() and not (out / "checkpoint.safetensors").exists()
     Prompt(torch.zeros(4, 48)).save(out / "prompt_best.safetensors")  # as if that run had ended an epoch
     with pytest.warns(UserWarning, match="replacing split.json, split_params.json, prompt_best.safetensors, "
@@ -307,11 +338,11 @@ def test_a_stale_split_is_rebuilt_for_a_new_run(class_folders, tmp_path, capsys)
     assert json.loads((out / "split_params.json").read_text())["shots"] == 4
 
 
-def test_fixing_the_names_file_after_a_failed_run_works(class_folders, tmp_path, capsys):
+def test_fixing_the_names_file_after_a_stopped_run_works(class_folders, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     names = class_folders / "names.txt"
     names.write_text(names.read_text().replace("golden retriever", "golden retreiver"))  # a typo
-    _fail_after_the_split(pretrain_argv(class_folders, out), capsys)
+    _stop_after_the_split(pretrain_argv(class_folders, out), capsys, monkeypatch)
     names.write_text(names.read_text().replace("golden retreiver", "golden retriever"))  # fixed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -792,9 +823,21 @@ def test_pretrain_with_no_arguments_creates_nothing(tmp_path, monkeypatch, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def _pretrain_args(data: Path) -> list[str]:
+    """`pretrain_argv` without --out-dir (the refusal test adds its own) and with --backbone last."""
+    argv = pretrain_argv(data, Path("unused"))
+    i = argv.index("--out-dir")
+    argv = argv[:i] + argv[i + 2:]
+    i = argv.index("--backbone")
+    return argv[:i] + argv[i + 2:] + ["--backbone", TINY]
+
+
 def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     vocab = tmp / "vocab.txt"
     vocab.write_text("cat\ndog\n")
+    long_names = tmp / "long_names.txt"  # the last class's name is longer than the text context
+    lines = (data / "names.txt").read_text().splitlines()
+    long_names.write_text("\n".join(lines[:-1] + [lines[-1].split("\t")[0] + "\t" + " ".join(["tabby"] * 90)]) + "\n")
     missing = str(tmp / "missing")
     return {
         "eval-no-prompt": (["eval", "--backbone", TINY, "--data", str(data / "images")], "give --prompt"),
@@ -824,6 +867,9 @@ def _refused_commands(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]
         "data-shard-names": (["data", "shard", "--split-file", "x.json", "--names", "n.txt"], "--names only applies"),
         "convert-missing": (["convert", missing + ".pth.tar"], "missing.pth.tar"),
         "segment-missing": (["segment", "--backbone", TINY, "--baseline", "single", "--data", missing], "not found"),
+        "pretrain-bad-model": ([*_pretrain_args(data), "--backbone", "no-such-model-xyz"], "no-such-model-xyz"),
+        "pretrain-name-too-long": ([*_pretrain_args(data), "--names", str(long_names)], "does not fit"),
+        "pretrain-missing-data": (["pretrain", "--backbone", TINY, "--train-root", missing], "not found"),
         "detect-missing": (["detect", "--backbone", TINY, "--baseline", "single", "--annotations", missing + ".json",
                             "--images", missing], "missing"),
     }
@@ -834,7 +880,7 @@ REFUSED = ["eval-no-prompt", "eval-missing-data", "eval-same-data-twice", "eval-
            "benchmark-nothing-there", "embed-bad-model", "features-bad-model",
            "features-two-sources",
            "features-missing", "data-split-missing", "data-shard-names", "convert-missing", "segment-missing",
-           "detect-missing"]
+           "detect-missing", "pretrain-bad-model", "pretrain-name-too-long", "pretrain-missing-data"]
 
 
 @pytest.mark.parametrize("case", REFUSED)
