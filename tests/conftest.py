@@ -3,8 +3,10 @@ the one-line error contract, and the torchrun launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,44 @@ def class_folders(tmp_path: Path) -> Path:
 
 
 # --- helpers (imported by test modules: `from conftest import ...`) ---------------------------------
+def tiny_weights(path: Path, seed: int) -> Path:
+    """The tiny architecture with other random weights (seed `seed`), saved as open_clip saves a state dict."""
+    import open_clip
+
+    open_clip.add_model_config(TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(Path(TINY_CONFIG).stem, pretrained=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def reference_run(argv: list[str], full: Path, out: Path) -> tuple[torch.Tensor, list[str]]:
+    """Run pomp command `argv` (whose --out-dir is `full`) to its end: its final prompt's ctx, and the same
+    command line writing to `out` instead (the run that is interrupted and must end where this one ends)."""
+    from pomp.cli import main
+    from pomp.prompt import Prompt
+
+    assert main(argv) == 0
+    return Prompt.load(full / "prompt.safetensors").ctx, [str(out) if a == str(full) else a for a in argv]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str, why_skip: str):
+    """A real tmpfs of `size` (mount's `size=`, e.g. "64k") mounted at `folder` (created), unmounted after; the
+    test is skipped (`why_skip` says what covers the path instead) without root or a working `mount`."""
+    folder.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip(f"mounting a tmpfs needs root ({why_skip})")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 def one_line(err: str, prefix: str, ignore: str | None = None) -> str:
     """The only non-blank line of `err` (lines holding `ignore` left out); it starts with `prefix`, and no
     traceback was printed. Returns the line."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_CONFIG as TINY
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, mounted_tmpfs, reference_run
 from PIL import Image
 
 import pomp.train as train_module
@@ -478,12 +478,9 @@ def _checkpoint_stamp(path: Path):
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(class_folders, tmp_path, capsys):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--checkpoint-every", "1")
-    assert main(argv) == 0
-    capsys.readouterr()
-    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
-
     out = tmp_path / "killed"
-    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    expected, argv = reference_run(argv, tmp_path / "full", out)
+    capsys.readouterr()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     seed = random.randrange(2**32)
@@ -617,14 +614,7 @@ def test_full_disk_fails_at_start_simulated(class_folders, tmp_path, capsys, no_
 
 
 def test_full_disk_fails_at_start_real_tmpfs(class_folders, tmp_path, capsys, no_model):
-    mount = tmp_path / "tiny-fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tiny tmpfs needs root (the simulated ENOSPC test covers this path)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny-fs", "64k", "the simulated ENOSPC test covers this path") as mount:
         with open(mount / "filler", "wb", buffering=0) as f:  # fill it
             try:
                 while True:
@@ -635,8 +625,6 @@ def test_full_disk_fails_at_start_real_tmpfs(class_folders, tmp_path, capsys, no
             check_writable_dir(mount / "out")
         rc = main(pretrain_argv(class_folders, mount / "out"))
         assert_one_line_error(rc, capsys.readouterr().err, "pretrain", "not writable", "No space left on device")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 # --- numerics ------------------------------------------------------------------------------------

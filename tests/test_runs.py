@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, torchrun_command
+from conftest import REPO, mounted_tmpfs, reference_run, tiny_weights, torchrun_command
 from conftest import TINY_CONFIG as TINY
 from conftest import one_line as _one_line
 
@@ -92,18 +92,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def other_weights(path: Path, seed: int) -> Path:
-    """A checkpoint of the tiny architecture with other random weights, as open_clip saves a state dict."""
-    import open_clip
-
-    open_clip.add_model_config(TINY)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(Path(TINY).stem, pretrained=None)
-    torch.save(model.state_dict(), path)
-    return path
-
-
 # --- one run per out-dir -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp_path, capsys):
@@ -140,7 +128,7 @@ def test_two_concurrent_runs_one_is_refused_naming_the_holder(class_folders, tmp
 
 # --- resume resumes the same run ---------------------------------------------------------------
 def test_resume_with_changed_flags_is_refused_listing_each_difference(class_folders, tmp_path, capsys):
-    weights = other_weights(tmp_path / "weights.pt", seed=1)
+    weights = tiny_weights(tmp_path / "weights.pt", seed=1)
     out = tmp_path / "run"
     base = [*pretrain_argv(class_folders, out), "--pretrained", str(weights)]
     assert main([*base, "--max-steps", "2"]) == 0
@@ -153,7 +141,7 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
         (["--shots", "3", "--split-seed", "1"], ["shots 4 -> 3", "split_seed 0 -> 1"]),
         (["--classes-per-step", "3", "--views", "1"], ["classes_per_step 4 -> 3", "views 2 -> 1"]),
         (["--epochs", "3"], ["epochs 2 -> 3", "--allow-change epochs"]),
-        (["--pretrained", str(other_weights(tmp_path / "other.pt", seed=2))], ["pretrained"]),
+        (["--pretrained", str(tiny_weights(tmp_path / "other.pt", seed=2))], ["pretrained"]),
         # cached views are drawn once, the image tower's anew each epoch: another run, wherever the cache is
         (["--feature-cache", str(tmp_path / "cache")], ["feature_cache_used false -> true"]),
     ]
@@ -166,11 +154,11 @@ def test_resume_with_changed_flags_is_refused_listing_each_difference(class_fold
         assert snapshot(out) == before  # nothing written, the lock released
 
     # another backbone of the same width under the same name and file: its weights give it away
-    other_weights(weights, seed=3)
+    tiny_weights(weights, seed=3)
     rc = main([*base, "--resume", "--max-steps", "4"])
     line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
     assert rc == 2 and "backbone_weights" in line, line
-    other_weights(weights, seed=1)  # the run's own weights again (same seed: the same tensors)
+    tiny_weights(weights, seed=1)  # the run's own weights again (same seed: the same tensors)
 
     # what may change: how the run executes freely, the schedule's length when allowed; all recorded
     assert main([*base, "--resume", "--max-steps", "4", "--epochs", "3", "--allow-change", "epochs",
@@ -196,7 +184,7 @@ def test_resume_from_a_moved_copy_of_the_data_and_weights_is_the_same_run(class_
     """A requeued SLURM job that copies its data and weights to node-local disk resumes with other paths:
     the same run (same weights, class list, files), warned and recorded, ending bitwise where an
     uninterrupted run ends. A copy that is not the same (a file missing, other weights) is refused."""
-    weights = other_weights(tmp_path / "weights.pt", seed=1)
+    weights = tiny_weights(tmp_path / "weights.pt", seed=1)
     full = [*pretrain_argv(class_folders, tmp_path / "full"), "--pretrained", str(weights), "--log-every", "1"]
     assert main(full) == 0
     expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
@@ -217,7 +205,7 @@ def test_resume_from_a_moved_copy_of_the_data_and_weights_is_the_same_run(class_
     assert main([*moved, "--resume"]) == 2
     assert "'train' images missing" in one_line(capsys.readouterr().err, "pomp pretrain: error: ")
     (node / "images" / (first_train_image + ".moved")).rename(node / "images" / first_train_image)
-    other_weights(node / "model.pt", seed=2)
+    tiny_weights(node / "model.pt", seed=2)
     assert main([*moved, "--resume"]) == 2
     line = one_line(capsys.readouterr().err, "pomp pretrain: error: ")
     assert "; pretrained \"..." in line and "/weights.pt\" -> \"..." in line and "node-local/model.pt\"; " in line, line
@@ -373,12 +361,9 @@ def test_outputs_of_a_finished_run_without_checkpoint_are_not_overwritten(class_
 def test_signal_saves_the_step_and_resume_equals_an_uninterrupted_run(class_folders, tmp_path, capsys, sig):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1000",
                          "--log-every", "1", "--num-workers", "1")
-    assert main(argv) == 0
-    capsys.readouterr()
-    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
-
     out = tmp_path / "stopped"
-    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    expected, argv = reference_run(argv, tmp_path / "full", out)
+    capsys.readouterr()
     # its own process group, signalled as a whole: the loader worker gets the signal too (Ctrl-C, SLURM)
     proc = start(argv, tmp_path / "stderr.txt", start_new_session=True)
     try:
@@ -410,12 +395,9 @@ def test_hangup_and_scheduler_warnings_save_like_sigterm(class_folders, tmp_path
     CPU-time limit (SIGXCPU) kill a process by default: each must finish the step and save instead."""
     argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1000",
                          "--log-every", "1", "--num-workers", "1")
-    assert main(argv) == 0
-    capsys.readouterr()
-    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
-
     out = tmp_path / "stopped"
-    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    expected, argv = reference_run(argv, tmp_path / "full", out)
+    capsys.readouterr()
     steps_before = 0
     for i, sig in enumerate((signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)):
         proc = start(argv + (["--resume"] if i else []), tmp_path / "stderr.txt", start_new_session=True)
@@ -520,17 +502,8 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(class_fo
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A real 2 MiB tmpfs (needs root and `mount`)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root (tests/test_reliability.py simulates ENOSPC)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "2m", "tests/test_reliability.py simulates ENOSPC") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def _fill(folder: Path) -> Path:
@@ -553,12 +526,9 @@ def _fill(folder: Path) -> Path:
 def test_full_file_system_during_checkpoint_writes(class_folders, tmp_path, capsys, tiny_tmpfs):
     argv = pretrain_argv(class_folders, tmp_path / "full", "--batch-size", "1", "--checkpoint-every", "1",
                          "--log-every", "1000", "--epochs", "1", "--no-validate")
-    assert main(argv) == 0
-    capsys.readouterr()
-    expected = Prompt.load(tmp_path / "full" / "prompt.safetensors").ctx
-
     out = tiny_tmpfs / "run"
-    argv = [a if a != str(tmp_path / "full") else str(out) for a in argv]
+    expected, argv = reference_run(argv, tmp_path / "full", out)
+    capsys.readouterr()
     proc = start(argv, tmp_path / "stderr.txt")
     try:
         wait_until(lambda: (out / "checkpoint.safetensors").exists(), proc, "the first checkpoint")

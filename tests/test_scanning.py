@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG as TINY
+from conftest import tiny_weights
 from PIL import Image
 
 from pomp.cli import main
@@ -397,18 +398,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _tiny_weights(path: Path, seed: int) -> Path:
-    """Another tiny open_clip model of the same widths, saved as open_clip saves a state dict."""
-    import open_clip
-
-    open_clip.add_model_config(TINY)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(Path(TINY).stem, pretrained=None)
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
 def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, capsys, monkeypatch):
     import pomp
@@ -416,7 +405,7 @@ def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, ca
 
     data = make_class_folders(tmp_path / "data", num_classes=3, per_class=3)
     images = scan_class_folders(data / "images")
-    weights = _tiny_weights(tmp_path / "b.pt", seed=5)
+    weights = tiny_weights(tmp_path / "b.pt", seed=5)
     a = pomp.load_backbone(TINY)
     b = pomp.load_backbone(TINY, str(weights))
     assert a.text_width == b.text_width and a.embed_dim == b.embed_dim
@@ -451,7 +440,7 @@ def test_two_backbones_one_cache_root_and_a_kill_during_publication(tmp_path, ca
     assert len(entries) == 2 and not any(p.name.startswith(".") for p in entries)  # the dead writer's folder swept
 
     # the same file name holding other weights is another backbone
-    _tiny_weights(weights, seed=6)
+    tiny_weights(weights, seed=6)
     c = pomp.load_backbone(TINY, str(weights))
     got = cached_image_features(cache / "images", c, ImageDataset(images, c.eval_transform()), progress=False)
     expected = compute_image_features(c, ImageDataset(images, c.eval_transform()), progress=False).features
@@ -491,7 +480,7 @@ def test_two_feature_jobs_on_one_cache_folder_at_once(tmp_path, capsys, monkeypa
     from pomp.train import Dist
 
     data = make_class_folders(tmp_path / "data", num_classes=3, per_class=3)
-    weights = _tiny_weights(tmp_path / "w.pt", seed=3)  # both processes must hold the same weights
+    weights = tiny_weights(tmp_path / "w.pt", seed=3)  # both processes must hold the same weights
     cache = tmp_path / "cache"
     argv = ["features", "--backbone", TINY, "--pretrained", str(weights), "--data", str(data / "images"),
             "--names", str(data / "names.txt"), "--out-dir", str(cache), "--device", "cpu", "--num-workers", "0",
